@@ -1,0 +1,3 @@
+from anu_watchd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""A JSON-lines append-only file with group commit: the ledger's and the evidence log's writer.
+
+One record is one line, ``json.dumps(record, separators=(",", ":"),
+ensure_ascii=False) + "\\n"`` in UTF-8. ``append`` returns only once its line
+is durable. Callers that arrive while a flush is running queue up, and the
+next flush writes all their lines with ONE ``os.write`` and ONE fsync (group
+commit): at a few hundred microseconds per fsync, this is what lets a burst
+go faster than one fsync per record.
+
+Failure contract (SPEC section 7; PostgreSQL's "fsyncgate"): when a write
+fails, writes short, or the fsync fails, every caller waiting on that flush
+gets :class:`~anu_watchd.errors.DurabilityError` and the log is *poisoned*:
+every later append raises at once without writing a byte. The fsync is never
+retried on the same descriptor, because Linux may already have dropped the
+dirty pages and cleared the error, so a second fsync that "succeeds" proves
+nothing. The only way on is a restart, whose recovery trusts what is durable.
+
+A single writer is assumed (the caller holds the instance lock), so line
+offsets can be computed from the file size at open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+
+from anu_watchd import fsio
+from anu_watchd.errors import DurabilityError
+
+_log = structlog.get_logger("anu_watchd.appendlog")
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+
+# The one write seam: tests patch ``anu_watchd.appendlog._write`` to inject a short write or ENOSPC.
+_write = os.write
+
+OnDurable = Callable[[int], None]
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    """One record as one UTF-8 line."""
+    return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+@attrs.frozen
+class Counters:
+    """How much work the log did: ``flushes < appends`` proves that grouping happened."""
+
+    appends: int  # lines made durable
+    flushes: int  # write + fsync rounds that succeeded
+
+
+@attrs.frozen
+class _Pending:
+    line: bytes
+    waiter: asyncio.Future[int]
+    on_durable: OnDurable | None
+
+
+class AppendLog:
+    """An append-only JSON-lines file; use :meth:`open`."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._end = size  # offset of the next line: single writer, O_APPEND
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._io: asyncio.Future[None] | None = None  # the write + fsync running in a thread
+        self._cause: BaseException | None = None  # set once: the log is poisoned
+        self._closed = False
+        self._appends = 0
+        self._flushes = 0
+
+    @classmethod
+    def open(cls, path: Path) -> AppendLog:
+        """Open (or create, making its directory entry durable) the log at ``path``."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+            created = True
+        except FileExistsError:
+            fd = _open_existing(path)
+            created = False
+        try:
+            if created:
+                fsio.fsync_dir(path.parent)
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            os.close(fd)
+            raise _error(f"{path}: cannot open for appending: {exc}", exc) from exc
+        return cls(path, fd, size)
+
+    @property
+    def healthy(self) -> bool:
+        """False once poisoned (or closed): the daemon's watchdog stops pinging."""
+        return self._cause is None and not self._closed
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(appends=self._appends, flushes=self._flushes)
+
+    async def append(self, record: dict[str, Any], *, on_durable: OnDurable | None = None) -> int:
+        """Append one line; return its byte offset once it is durable.
+
+        ``on_durable(offset)`` runs in line order as soon as the line is durable,
+        even if this caller was cancelled meanwhile (a queued line is still
+        written), so an in-memory index never lags behind the file.
+        """
+        self._check_usable()
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(encode(record), waiter, on_durable))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop())
+        return await waiter
+
+    def append_many_sync(self, records: Iterable[dict[str, Any]]) -> None:
+        """One-shot tools: append ``records`` with one write and one fsync, blocking."""
+        self._check_usable()
+        if self._flusher is not None:
+            raise RuntimeError("append_many_sync while async appends are in flight")
+        lines = [encode(r) for r in records]
+        data = b"".join(lines)
+        try:
+            self._write_durably(data)
+        except OSError as exc:
+            raise self._poison(exc, []) from exc
+        self._done(len(lines), data)
+
+    async def aclose(self) -> None:
+        """Let queued lines become durable (or fail), then close the file."""
+        if self._closed:
+            return
+        self._closed = True  # no new appends from here on
+        while self._flusher is not None:
+            await asyncio.wait([self._flusher])
+        if self._io is not None:  # a cancelled flush leaves its thread running: wait for it
+            await asyncio.wait([self._io])
+        os.close(self._fd)
+
+    def close(self) -> None:
+        """Close at once; only when nothing is in flight (else use :meth:`aclose`)."""
+        if self._flusher is not None:
+            raise RuntimeError("appends in flight; use aclose()")
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    # -- the flush task -------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._pending and self._cause is None:
+                batch, self._pending = self._pending, []
+                await self._flush(batch)
+        finally:
+            self._flusher = None
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        data = b"".join(p.line for p in batch)
+        base = self._end
+        self._io = asyncio.ensure_future(asyncio.to_thread(self._write_durably, data))
+        try:
+            await asyncio.shield(self._io)
+        except BaseException as exc:
+            # OSError is the expected failure; after a cancellation the write's fate is
+            # unknown, and anything else is a bug: in every case no waiter may hang.
+            self._poison(exc, batch)
+            if not isinstance(exc, OSError):
+                raise
+            return
+        self._done(len(batch), data)
+        for p in batch:
+            _settle(p, base)
+            base += len(p.line)
+
+    def _write_durably(self, data: bytes) -> None:
+        written = _write(self._fd, data)
+        if written != len(data):
+            # As PostgreSQL does: a short write without errno is taken as a full disk.
+            raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
+        fsio.fsync(self._fd)
+
+    def _done(self, lines: int, data: bytes) -> None:
+        self._end += len(data)
+        self._appends += lines
+        self._flushes += 1
+
+    # -- failure --------------------------------------------------------------
+
+    def _poison(self, cause: BaseException, batch: list[_Pending]) -> DurabilityError:
+        """Fail every waiter and refuse all later appends; returns a fresh error."""
+        self._cause = cause
+        waiting, self._pending = batch + self._pending, []
+        _log.error(
+            "append_log_failed", path=str(self.path), error=str(cause), lost_lines=len(waiting)
+        )
+        for p in waiting:
+            if not p.waiter.done():
+                p.waiter.set_exception(self._failure())
+        return self._failure()
+
+    def _failure(self) -> DurabilityError:
+        return _error(f"{self.path}: write or fsync failed; the log is poisoned", self._cause)
+
+    def _check_usable(self) -> None:
+        if self._cause is not None:
+            raise self._failure()
+        if self._closed:
+            raise ValueError(f"{self.path}: append to a closed log")
+
+
+def _settle(p: _Pending, offset: int) -> None:
+    """Tell one caller its line is durable, after its on_durable hook ran."""
+    try:
+        if p.on_durable is not None:
+            p.on_durable(offset)
+    except Exception as exc:  # a hook's bug belongs to its caller, not to the whole batch
+        if not p.waiter.done():
+            p.waiter.set_exception(exc)
+        return
+    if not p.waiter.done():  # a cancelled caller's line is durable all the same
+        p.waiter.set_result(offset)
+
+
+def _open_existing(path: Path) -> int:
+    try:
+        return os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _error(f"{path}: cannot open for appending: {exc}", exc) from exc
+
+
+def _error(message: str, cause: BaseException | None) -> DurabilityError:
+    """A fresh DurabilityError per caller, chained to the one OS failure behind it."""
+    err = DurabilityError(message)
+    err.__cause__ = cause
+    return err

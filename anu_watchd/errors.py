@@ -1,0 +1,116 @@
+"""The exception tree, typed by what the caller must do about each error.
+
+Expected outcomes (a rejected result, a duplicate) are values, not exceptions;
+these are for the exceptional::
+
+    AnuWatchdError
+    ├── ConfigError            fix the configuration; exit 78 (EX_CONFIG)
+    │   └── SecretError        the sealed key file is missing, empty or too open
+    ├── LockHeldError          another instance runs; try later, exit 75
+    ├── DurabilityError        daemon state could not be made durable: stop, exit 70
+    │   └── LedgerCorruptError a ledger line in the middle does not parse
+    ├── WriteError             the producer's atomic write (fsio) failed
+    │   ├── NotWrittenError    failed before the rename: nothing is left behind
+    │   └── OutcomeUnknownError  the directory fsync failed: it may or may not survive
+    ├── InputError             an input file cannot be read safely
+    │   ├── UnsafeInputError   quarantine it with .reason
+    │   └── InputVanishedError it went away between event and open: log, ignore
+    ├── WakeError              the sink could not register the wake
+    │   ├── TransientWakeError retry with backoff (bounded)
+    │   └── PermanentWakeError do not retry: FIRE_FAILED
+    ├── EnvelopeError          an envelope is contradictory or cannot fit: FIRE_FAILED
+    └── UsageError             the command line is wrong; exit 64
+
+Error messages never carry the sealed key or a result's content.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from anu_watchd.model import QuarantineReason
+
+
+class AnuWatchdError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(AnuWatchdError, ValueError):
+    """The configuration is invalid; ``key`` is the dotted key path at fault."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}" if key else reason)
+
+
+class SecretError(ConfigError):
+    """The sealed key could not be loaded; the message names the file, never the key."""
+
+
+class LockHeldError(AnuWatchdError):
+    """Another process holds the single-instance lock."""
+
+
+class DurabilityError(AnuWatchdError, OSError):
+    """Daemon state could not be written durably; the only safe move is to stop."""
+
+
+class LedgerCorruptError(DurabilityError):
+    """A complete ledger line does not parse; never skipped silently."""
+
+    def __init__(self, path: str, lineno: int, reason: str) -> None:
+        self.path = path
+        self.lineno = lineno
+        self.reason = reason
+        super().__init__(f"{path}:{lineno}: corrupt ledger line: {reason}")
+
+
+class WriteError(AnuWatchdError, OSError):
+    """An atomic write did not complete."""
+
+
+class NotWrittenError(WriteError):
+    """The write failed before the rename; the target is untouched, no temp file remains."""
+
+
+class OutcomeUnknownError(WriteError):
+    """The rename happened but the directory fsync failed; a crash may undo it."""
+
+
+class InputError(AnuWatchdError):
+    """An input file cannot be read safely."""
+
+
+class UnsafeInputError(InputError):
+    """The input must be quarantined for ``reason``."""
+
+    def __init__(self, reason: QuarantineReason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class InputVanishedError(InputError, FileNotFoundError):
+    """The input disappeared between the event and the open."""
+
+
+class WakeError(AnuWatchdError):
+    """The sink could not register the wake."""
+
+
+class TransientWakeError(WakeError):
+    """Worth retrying: a timeout, a 5xx, EX_TEMPFAIL."""
+
+
+class PermanentWakeError(WakeError):
+    """Retrying cannot help: a 4xx, a non-zero exit, a malformed answer."""
+
+
+class EnvelopeError(AnuWatchdError, ValueError):
+    """An envelope is contradictory or cannot be made to fit."""
+
+
+class UsageError(AnuWatchdError):
+    """The command line is wrong."""

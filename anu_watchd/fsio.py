@@ -1,0 +1,352 @@
+"""Durable writes and defensive reads: the one module that does either (SPEC section 7).
+
+Every file we create goes tmp (same directory, ``O_EXCL``) -> write all ->
+fsync(file) -> rename -> fsync(parent dir). The failure contract, which the
+producer reports and the daemon treats as fatal::
+
+    before the rename   NotWrittenError      the target is untouched, no temp file remains
+    the dir fsync       OutcomeUnknownError  renamed, but a crash may still undo it
+
+Every fsync in the package, files and directories alike, goes through
+``fsync`` below so that a test can patch that one seam to inject EIO. A failed
+fsync is never retried on the same descriptor: Linux may already have dropped
+the dirty pages and cleared the error, so a second fsync that "succeeds"
+proves nothing.
+
+Inputs written by workers are opened as if hostile: never through a symlink,
+never blocking on a FIFO, one link only, the size decided before reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from anu_watchd.errors import (
+    InputVanishedError,
+    NotWrittenError,
+    OutcomeUnknownError,
+    UnsafeInputError,
+)
+from anu_watchd.model import QuarantineReason
+
+TMP_PREFIX = ".tmp-"
+NAME_MAX = 255
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+# -- the fsync seam -------------------------------------------------------------
+
+
+def fsync(fd: int) -> None:
+    """The single fsync of the package; patch ``anu_watchd.fsio.fsync`` to inject faults."""
+    os.fsync(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (creations, renames, unlinks) durable."""
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path, *, mode: int = 0o750) -> bool:
+    """Create ``path`` (and missing parents) durably; False if it already existed."""
+    if path.is_dir():
+        return False
+    if path.parent != path:  # the recursion ends at the root, or at a vanished cwd
+        ensure_dir(path.parent, mode=mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return False
+    _sync_dir_after(path.parent, f"directory {path.name!r}")
+    return True
+
+
+# -- atomic write ---------------------------------------------------------------
+
+
+def is_temp_name(name: str) -> bool:
+    """Our temp files are ``.tmp-<final name>.<random>``; they are never inputs."""
+    return name.startswith(TMP_PREFIX)
+
+
+def temp_name(final: str) -> str:
+    """A fresh temp name for ``final``, clipped so it never exceeds NAME_MAX."""
+    suffix = "." + secrets.token_hex(6)
+    room = NAME_MAX - len(TMP_PREFIX) - len(suffix)
+    return TMP_PREFIX + os.fsdecode(os.fsencode(final)[:room]) + suffix
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` durably, all or nothing (see the module docstring)."""
+    tmp = path.parent / temp_name(path.name)
+    try:
+        fd = os.open(tmp, _WRITE_FLAGS, mode)
+    except OSError as exc:
+        raise _not_written(path, exc, "not written") from exc
+    try:
+        _fill(fd, data)
+        # os.rename, not a copy: the rename is what makes the new content appear atomically.
+        os.rename(tmp, path)
+    except OSError as exc:
+        _discard(tmp)
+        raise _not_written(path, exc, "not written") from exc
+    except BaseException:
+        _discard(tmp)
+        raise
+    _sync_dir_after(path.parent, repr(path.name))
+
+
+def _fill(fd: int, data: bytes) -> None:
+    """Write all of ``data``, fsync, close; the descriptor is closed whatever happens."""
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            if n <= 0:  # cannot happen on a regular file, but never spin on it
+                raise OSError(errno.EIO, "write made no progress")
+            view = view[n:]
+        fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: Path) -> None:
+    # Best effort: a temp left by a failing disk is removed by remove_stale_temps at start.
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def _not_written(path: Path, exc: OSError, what: str) -> NotWrittenError:
+    return NotWrittenError(exc.errno, f"{what}: {exc.strerror or exc}", str(path))
+
+
+def _sync_dir_after(directory: Path, what: str) -> None:
+    """fsync ``directory`` after a change in it; failure means the outcome is unknown."""
+    try:
+        fsync_dir(directory)
+    except OSError as exc:
+        msg = f"directory fsync failed, {what} may not survive a crash: {exc.strerror or exc}"
+        raise OutcomeUnknownError(exc.errno, msg, str(directory)) from exc
+
+
+# -- defensive read of worker-written input -------------------------------------
+
+
+@attrs.frozen
+class InputFile:
+    """An input's bytes and the fstat taken before they were read."""
+
+    data: bytes = attrs.field(repr=False)  # never in a log line: it may hold the key
+    st: os.stat_result
+
+
+def read_input(path: Path, max_bytes: int) -> InputFile:
+    """Read a worker's result without trusting it.
+
+    Raises UnsafeInputError (quarantine it), InputVanishedError (ignore it).
+    The returned ``st`` predates the read, so if the file changes while it is
+    read, a later scan sees a different stamp and runs it again (dedupe-safe).
+    """
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError as exc:
+        raise _vanished(path) from exc
+    if not stat.S_ISREG(lst.st_mode):
+        raise _not_regular(f"not a regular file: {describe_mode(lst.st_mode)}")
+    fd = _open_input(path)
+    try:
+        st = os.fstat(fd)
+        _check_opened(lst, st, max_bytes)
+        data = _read_at_most(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise UnsafeInputError(QuarantineReason.OVERSIZE, f"grew past {max_bytes} bytes")
+    return InputFile(data, st)
+
+
+def _open_input(path: Path) -> int:
+    try:
+        return os.open(path, _READ_FLAGS)
+    except FileNotFoundError as exc:
+        raise _vanished(path) from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _not_regular("swapped for a symlink before open") from exc
+        if exc.errno == errno.ENXIO:  # a socket (or a FIFO without writer) swapped in
+            raise _not_regular("swapped for a special file before open") from exc
+        raise
+
+
+def _check_opened(lst: os.stat_result, st: os.stat_result, max_bytes: int) -> None:
+    """What was opened must be what was checked: same regular file, one link, small."""
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(f"not a regular file: {describe_mode(st.st_mode)}")
+    if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
+        raise _not_regular("replaced between lstat and open")
+    if st.st_nlink != 1:
+        raise _not_regular(f"{st.st_nlink} hard links")
+    if st.st_size > max_bytes:
+        raise UnsafeInputError(QuarantineReason.OVERSIZE, f"{st.st_size} bytes, limit {max_bytes}")
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def describe_mode(mode: int) -> str:
+    """A short human name for a file type, for quarantine details."""
+    kinds = (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISREG, "regular file"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _not_regular(detail: str) -> UnsafeInputError:
+    return UnsafeInputError(QuarantineReason.NOT_REGULAR_FILE, detail)
+
+
+def _vanished(path: Path) -> InputVanishedError:
+    return InputVanishedError(errno.ENOENT, "vanished before it could be read", str(path))
+
+
+# -- moves and removals ---------------------------------------------------------
+
+
+def atomic_move(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` without ever replacing ``dst``, then fsync both dirs.
+
+    Works on any file type without following or opening it. Raises
+    FileExistsError if ``dst`` exists, NotWrittenError if the rename failed,
+    OutcomeUnknownError if a directory fsync failed after it.
+    """
+    try:
+        _rename_noreplace(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise _not_written(dst, exc, f"{src.name!r} not moved") from exc
+    what = f"the move of {src.name!r}"
+    _sync_dir_after(dst.parent, what)
+    if os.path.abspath(src.parent) != os.path.abspath(dst.parent):
+        _sync_dir_after(src.parent, what)
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    err = _renameat2_noreplace(os.fsencode(src), os.fsencode(dst))
+    if err == 0:
+        return
+    if err is not None and err not in (errno.EINVAL, errno.ENOSYS):
+        raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    # No RENAME_NOREPLACE here (old libc, or a filesystem such as older NFS or some
+    # FUSE answering EINVAL). link()+unlink() is not the fallback: it cannot move
+    # directories, and it briefly gives the file a second link. A check then a
+    # rename leaves a window in which a file created at ``dst`` would be replaced;
+    # our destinations are either ours alone (quarantine, under the instance lock)
+    # or names a worker would only write for a task the operator is releasing.
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+def _renameat2_noreplace(src: bytes, dst: bytes) -> int | None:
+    """0 on success, the errno on failure, None if libc has no renameat2."""
+    fn = _libc_renameat2()
+    if fn is None:
+        return None
+    if fn(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+@functools.cache
+def _libc_renameat2() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, or no shared libc
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def remove_durably(path: Path) -> bool:
+    """Unlink ``path`` and fsync its directory; False if it was already absent."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _not_written(path, exc, "not removed") from exc
+    _sync_dir_after(path.parent, f"the removal of {path.name!r}")
+    return True
+
+
+def remove_stale_temps(directory: Path, *, min_age_s: float = 0.0) -> list[str]:
+    """Remove our own ``.tmp-*`` regular files left in ``directory`` by a crash.
+
+    Nothing else is touched: not other names, not symlinks, FIFOs or
+    directories that happen to carry the prefix. ``min_age_s`` spares temp
+    files a live writer may still be about to rename.
+    """
+    stale = _stale_temps(directory, min_age_s)
+    removed = [name for name in stale if _unlink_quietly(directory / name)]
+    if removed:
+        _sync_dir_after(directory, f"the removal of {len(removed)} temp files")
+    return sorted(removed)
+
+
+def _stale_temps(directory: Path, min_age_s: float) -> list[str]:
+    cutoff = time.time() - min_age_s
+    with os.scandir(directory) as it:
+        return [e.name for e in it if is_temp_name(e.name) and _is_old_file(e, cutoff)]
+
+
+def _is_old_file(entry: os.DirEntry[str], cutoff: float) -> bool:
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff
+
+
+def _unlink_quietly(path: Path) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -1,0 +1,202 @@
+"""Intake: inotify as a hint, turned into typed events. The only asyncinotify importer.
+
+Watches the events directory for ``CLOSE_WRITE | MOVED_TO`` plus its own
+``DELETE_SELF`` / ``MOVE_SELF`` / ``IGNORED``, and the enable flag's
+directory for the flag coming and going. ``classify`` (pure) decides what a
+name is; the daemon's own markers, envelopes, logs and temp files classify as
+nothing, so they never feed back as work. A lost queue (``IN_Q_OVERFLOW``)
+becomes an ``Overflow`` event: the daemon answers with a full rescan.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+from asyncinotify import Inotify, Mask
+
+from anu_watchd import fsio
+from anu_watchd.markers import ACKED_SUFFIX, RETRY_SUFFIX
+from anu_watchd.model import TASK_ID_RE
+from anu_watchd.pipeline import is_result_name
+
+DIR_MASK = (
+    Mask.CLOSE_WRITE
+    | Mask.MOVED_TO
+    | Mask.DELETE_SELF
+    | Mask.MOVE_SELF
+    | Mask.ONLYDIR
+    | Mask.DONT_FOLLOW
+    | Mask.EXCL_UNLINK
+)
+FLAG_MASK = (
+    Mask.CLOSE_WRITE
+    | Mask.MOVED_TO
+    | Mask.DELETE
+    | Mask.MOVED_FROM
+    | Mask.DELETE_SELF
+    | Mask.MOVE_SELF
+    | Mask.ONLYDIR
+    | Mask.DONT_FOLLOW
+)
+LOST = Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF
+# The events directory's own DELETE_SELF waits until every file open inside it (our ledger
+# and evidence log) is closed, so its removal is also watched from the parent directory.
+PARENT_MASK = Mask.DELETE | Mask.MOVED_FROM | Mask.ONLYDIR | Mask.DONT_FOLLOW
+# Read many events per syscall: a burst of thousands is the normal case.
+CACHE_EVENTS = 4096
+
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "afs",
+    "virtiofs",
+    "davfs",
+    "sshfs",
+}
+
+
+class Kind(enum.Enum):
+    RESULT = "result"
+    ACKED = "acked"
+    RETRY = "retry"
+    FLAG = "flag"
+    OVERFLOW = "overflow"
+    LOST = "lost"
+
+
+@attrs.frozen
+class IntakeEvent:
+    kind: Kind
+    path: Path | None = None
+    task_id: str | None = None
+    detail: str = ""
+
+
+def classify(name: str, glob: str) -> tuple[Kind, str | None] | None:
+    """What a name in the events directory is; None for anything that is not work."""
+    if fsio.is_temp_name(name):
+        return None
+    if is_result_name(name, glob):
+        return Kind.RESULT, None
+    for suffix, kind in ((ACKED_SUFFIX, Kind.ACKED), (RETRY_SUFFIX, Kind.RETRY)):
+        if name.endswith(suffix):
+            tid = name[: -len(suffix)]
+            return (kind, tid) if TASK_ID_RE.fullmatch(tid) else None
+    return None
+
+
+def filesystem_type(path: Path) -> str:
+    """The filesystem type of the mount holding ``path``, from /proc/self/mountinfo."""
+    target = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                mount = fields[4].replace("\\040", " ")
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, fstype = mount, right.split()[0]
+    except OSError:
+        return "unknown"
+    return fstype
+
+
+def is_network_fs(fstype: str) -> bool:
+    return fstype in NETWORK_FS or fstype.startswith("fuse.") or fstype.startswith("nfs")
+
+
+class Intake:
+    """Watches armed by ``arm()`` (before the first scan); ``events()`` yields what they see."""
+
+    def __init__(self, events_dir: Path, flag: Path, glob: str) -> None:
+        self.events_dir = events_dir
+        self.flag = flag
+        self.glob = glob
+        self.overflows = 0
+        self._inotify: Inotify | None = None
+
+    def arm(self) -> None:
+        ino = Inotify(cache_size=CACHE_EVENTS)
+        try:
+            self._events_watch = ino.add_watch(self.events_dir, DIR_MASK)
+            self._flag_watch = None
+            parent_mask = PARENT_MASK
+            if self.flag.parent == self.events_dir.parent:
+                parent_mask |= FLAG_MASK  # one inode, one watch: masks must be combined
+            elif self.flag.parent != self.events_dir:
+                self._flag_watch = ino.add_watch(self.flag.parent, FLAG_MASK)
+            self._parent_watch = ino.add_watch(self.events_dir.parent, parent_mask)
+            if self.flag.parent == self.events_dir.parent:
+                self._flag_watch = self._parent_watch
+        except BaseException:
+            ino.close()
+            raise
+        self._inotify = ino
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+    async def events(self) -> AsyncIterator[IntakeEvent]:
+        assert self._inotify is not None, "arm() first"
+        async for ev in self._inotify:
+            out = self._translate(ev.mask, ev.watch, ev.name)
+            if out is not None:
+                yield out
+                if out.kind is Kind.LOST:
+                    return
+
+    def _translate(self, mask: Mask, watch: object, name: Path | None) -> IntakeEvent | None:
+        if Mask.Q_OVERFLOW in mask:
+            self.overflows += 1
+            return IntakeEvent(Kind.OVERFLOW)
+        if watch is self._events_watch:
+            return self._from_events_dir(mask, name)
+        if watch is self._parent_watch and name is not None and name.name == self.events_dir.name:
+            if mask & (Mask.DELETE | Mask.MOVED_FROM):
+                return IntakeEvent(Kind.LOST, self.events_dir, detail=_mask_names(mask))
+            return None
+        if watch is not None and watch is self._flag_watch:
+            return self._from_flag_dir(mask, name)
+        return None
+
+    def _from_events_dir(self, mask: Mask, name: Path | None) -> IntakeEvent | None:
+        if name is None:
+            if mask & LOST:
+                return IntakeEvent(Kind.LOST, self.events_dir, detail=_mask_names(mask))
+            return None
+        if self.flag.parent == self.events_dir and name.name == self.flag.name:
+            return IntakeEvent(Kind.FLAG, self.flag)
+        kind = classify(name.name, self.glob)
+        if kind is None:
+            return None
+        return IntakeEvent(kind[0], self.events_dir / name, task_id=kind[1])
+
+    def _from_flag_dir(self, mask: Mask, name: Path | None) -> IntakeEvent | None:
+        if name is None:
+            if mask & LOST:
+                return IntakeEvent(Kind.LOST, self.flag.parent, detail=_mask_names(mask))
+            return None
+        return IntakeEvent(Kind.FLAG, self.flag) if name.name == self.flag.name else None
+
+
+def _mask_names(mask: Mask) -> str:
+    shown = (Mask.IGNORED, Mask.DELETE_SELF, Mask.MOVE_SELF, Mask.DELETE, Mask.MOVED_FROM)
+    return "|".join(m.name or "?" for m in shown if m in mask)

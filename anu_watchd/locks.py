@@ -1,0 +1,87 @@
+"""The single-instance lock: one process at a time may write the spool's ledger.
+
+An ``flock`` on a lock file, not an ``O_EXCL`` file: the kernel releases it
+when the holder dies, so there is no stale-lock reclaim to get wrong (the
+TypeScript lock of seed 003 needs a page of reasoning for exactly that).
+The holder writes its pid and role into the file so ``anu-watchd reload``
+can find the daemon and a refused caller can say who holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+
+import attrs
+
+from anu_watchd.errors import LockHeldError
+
+
+@attrs.frozen
+class Holder:
+    pid: int
+    role: str
+
+
+class InstanceLock:
+    """Hold with ``with InstanceLock(path, role="run"):``; raises LockHeldError if taken."""
+
+    def __init__(self, path: Path, *, role: str) -> None:
+        self.path = path
+        self.role = role
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = read_holder(self.path)
+            who = f"pid {holder.pid} ({holder.role})" if holder else "another process"
+            raise LockHeldError(f"{self.path} is held by {who}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "role": self.role}).encode() + b"\n", 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> InstanceLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def read_holder(path: Path) -> Holder | None:
+    """Who holds (or last held) the lock, from its content; None if unknown."""
+    try:
+        doc = json.loads(path.read_text())
+        return Holder(pid=int(doc["pid"]), role=str(doc["role"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def is_held(path: Path) -> bool:
+    """True while some process holds the lock (probed without keeping it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

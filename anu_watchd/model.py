@@ -1,0 +1,188 @@
+"""Frozen values and closed vocabularies shared by every stage.
+
+Nothing here does I/O; these are the words the pipeline speaks.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from typing import Any
+
+import attrs
+
+TASK_ID_RE = re.compile(r"^task-[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RESULT_SUFFIX = ".result.json"
+DEFAULT_KIND = "result"
+
+
+class Verdict(enum.StrEnum):
+    """What one pipeline run decided; the evidence log's ``verdict``."""
+
+    WAKE_BUILT = "WAKE_BUILT"
+    PICKUP_SKIP = "PICKUP_SKIP"
+    QUARANTINE = "QUARANTINE"
+    FIRE_FAILED = "FIRE_FAILED"
+    FIRE_NOT_ACTIVATED = "FIRE_NOT_ACTIVATED"
+
+
+class QuarantineReason(enum.StrEnum):
+    """Why an input was rejected; the quarantine sidecar's ``reason``."""
+
+    NOT_REGULAR_FILE = "NOT_REGULAR_FILE"
+    OVERSIZE = "OVERSIZE"
+    ENCODING = "ENCODING"
+    INVALID_JSON = "INVALID_JSON"
+    SCHEMA = "SCHEMA"
+    TASK_ID_MISMATCH = "TASK_ID_MISMATCH"
+    FOREIGN_COLLECTOR = "FOREIGN_COLLECTOR"
+    SELF_COLLECTOR = "SELF_COLLECTOR"
+    KEY_LITERAL = "KEY_LITERAL"
+    # Not in SPEC section 4's list: a result the daemon may not open (EACCES). Quarantined
+    # rather than retried forever; see docs/design.md.
+    UNREADABLE = "UNREADABLE"
+
+
+class TaskStatus(enum.StrEnum):
+    """A result's ``status`` field."""
+
+    DONE = "DONE"
+    FAILED = "FAILED"
+    BLOCKED = "BLOCKED"
+    PARTIAL = "PARTIAL"
+
+
+class LedgerState(enum.StrEnum):
+    """One ledger line records one of these state changes."""
+
+    CLAIMED = "CLAIMED"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    RETRY = "RETRY"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (LedgerState.DONE, LedgerState.FAILED)
+
+
+@attrs.frozen
+class Result:
+    """A validated result document (schema ``anu.result/v1``)."""
+
+    task_id: str
+    status: TaskStatus
+    executor: str
+    collector: str
+    finished_at: str
+    summary: str
+    report_path: str | None = None
+    commit: str | None = None
+    # The whole parsed document, unknown keys included, passed through untouched.
+    document: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+
+@attrs.frozen
+class Rejected:
+    """Validation said no: quarantine for ``reason``; ``detail`` never holds the key."""
+
+    reason: QuarantineReason
+    detail: str
+
+
+@attrs.frozen
+class FourTuple:
+    """The dedupe identity of a wake: the same four values are the same wake."""
+
+    task_id: str
+    sha256: str
+    collector: str
+    kind: str = DEFAULT_KIND
+
+    @property
+    def idempotency_key(self) -> str:
+        return idempotency_key(self)
+
+
+def idempotency_key(t: FourTuple) -> str:
+    """A stable hash of the 4-tuple; the same on every host and every restart."""
+    canon = json.dumps([t.task_id, t.sha256, t.collector, t.kind], separators=(",", ":"))
+    return "ik1-" + hashlib.sha256(canon.encode()).hexdigest()[:40]
+
+
+@attrs.frozen
+class LedgerEntry:
+    """One line of the write-ahead ledger."""
+
+    key: str
+    task_id: str
+    sha256: str
+    collector: str
+    state: LedgerState
+    attempt: int
+    ts: str
+    kind: str = DEFAULT_KIND
+    schedule_id: str | None = None
+    v: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "key": self.key,
+            "task_id": self.task_id,
+            "sha256": self.sha256,
+            "collector": self.collector,
+            "kind": self.kind,
+            "state": str(self.state),
+            "attempt": self.attempt,
+            "schedule_id": self.schedule_id,
+            "ts": self.ts,
+        }
+
+    @property
+    def four_tuple(self) -> FourTuple:
+        return FourTuple(self.task_id, self.sha256, self.collector, self.kind)
+
+
+@attrs.frozen
+class Outcome:
+    """What one pipeline run did; serialised as one evidence line."""
+
+    run_id: str
+    path: str
+    task_id: str | None
+    verdict: Verdict
+    ts: str
+    sha256: str | None = None
+    reason: str | None = None
+    wake_built: bool = False
+    schedule_id: str | None = None
+    attempts: int = 0
+    duration_ms: float = 0.0
+    error: str | None = None
+    idempotency_key: str | None = None
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "run_id": self.run_id,
+            "path": self.path,
+            "task_id": self.task_id,
+            "sha256": self.sha256,
+            "verdict": str(self.verdict),
+            "reason": self.reason,
+            "wake_built": self.wake_built,
+            "schedule_id": self.schedule_id,
+            "attempts": self.attempts,
+            "duration_ms": round(self.duration_ms, 3),
+            "error": self.error,
+        }
+
+
+def task_id_from_name(name: str) -> str | None:
+    """``task-7.result.json`` -> ``task-7``; None when the name is not a valid result name."""
+    if not name.endswith(RESULT_SUFFIX):
+        return None
+    tid = name[: -len(RESULT_SUFFIX)]
+    return tid if TASK_ID_RE.fullmatch(tid) else None

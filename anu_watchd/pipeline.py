@@ -1,0 +1,477 @@
+"""One result through validate -> quarantine -> dedupe -> wake.
+
+``Pipeline.pickup`` runs a single file and returns its ``Outcome`` (or None
+when there was nothing to do: not an input, vanished, already settled in a
+scan, driver disabled). Every run that decides something writes exactly one
+evidence line and one canonical log line.
+
+Order of effects for a wake, so that a crash anywhere is recoverable from
+the ledger alone: ledger CLAIMED (durable) -> sink -> ledger DONE/FAILED
+(durable) -> marker -> envelope file. Markers and envelopes are projections;
+recovery rebuilds them. A failure to write any of them is a DurabilityError
+and stops the daemon (SPEC section 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import structlog
+
+from anu_watchd import envelope, fsio, markers, quarantine
+from anu_watchd.appendlog import AppendLog
+from anu_watchd.config import Config
+from anu_watchd.errors import (
+    DurabilityError,
+    EnvelopeError,
+    InputVanishedError,
+    UnsafeInputError,
+)
+from anu_watchd.escalate import escalate
+from anu_watchd.ledger import Ledger
+from anu_watchd.markers import FileStamp, TaskFiles
+from anu_watchd.model import (
+    TASK_ID_RE,
+    FourTuple,
+    LedgerEntry,
+    LedgerState,
+    Outcome,
+    QuarantineReason,
+    Rejected,
+    Result,
+    Verdict,
+    task_id_from_name,
+)
+from anu_watchd.sinks.base import RetryPolicy, Sink, Sleep, WakeFailed, register_with_retries
+from anu_watchd.validate import Rules, validate
+
+_log = structlog.get_logger("anu_watchd.pipeline")
+T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    """RFC 3339 UTC with microseconds and a ``Z``: the one timestamp format on disk."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@attrs.frozen
+class Stages:
+    """Everything one run needs, wired once by the daemon or the CLI; swapped on reload."""
+
+    config: Config
+    ledger: Ledger
+    evidence: AppendLog
+    sink: Sink
+    rules: Rules
+    clock: Callable[[], datetime] = utc_now
+    sleep: Sleep = asyncio.sleep
+
+
+def is_enabled(flag: Path) -> bool:
+    """The operator's enable flag: present and exactly ``true`` (whitespace aside)."""
+    try:
+        with open(flag, "rb") as fh:
+            return fh.read(64).strip() == b"true"
+    except OSError:
+        return False
+
+
+def is_result_name(name: str, glob: str) -> bool:
+    """Only names matching the result glob are inputs; our own temp files never are."""
+    return fnmatch.fnmatchcase(name, glob) and not fsio.is_temp_name(name)
+
+
+class _Run:
+    """One run: the stages it started with (a reload never changes them mid-run), id, clock."""
+
+    def __init__(self, st: Stages, path: Path, task_id: str | None) -> None:
+        self.st = st
+        self.run_id = uuid.uuid4().hex[:16]
+        self.t0 = time.perf_counter()
+        self.log = _log.bind(run_id=self.run_id, path=str(path), task_id=task_id)
+
+    @property
+    def duration_ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000.0
+
+
+class Pipeline:
+    """Runs results through the stages; at most one run per task id at a time."""
+
+    def __init__(self, stages: Stages) -> None:
+        self.stages = stages
+        self._task_locks: dict[str, list[Any]] = {}
+
+    # -- entry points -----------------------------------------------------------
+
+    async def pickup(self, path: Path, *, scan: bool = False) -> Outcome | None:
+        """Run one file; ``scan=True`` skips, silently and unhashed, a file already settled."""
+        st = self.stages
+        if not is_enabled(st.config.spool.enable_flag):
+            _log.debug("pickup_disabled", path=str(path))
+            return None
+        if not is_result_name(path.name, st.config.spool.result_glob):
+            return None
+        task_id = task_id_from_name(path.name)
+        async with self._task_lock(task_id or path.name):
+            if task_id is None:
+                return await self._reject_name(path)
+            if scan and await asyncio.to_thread(_settled, TaskFiles(path.parent, task_id)):
+                return None
+            return await self._run(path, task_id)
+
+    # -- the stages -------------------------------------------------------------
+
+    async def _run(self, path: Path, task_id: str) -> Outcome | None:
+        run = _Run(self.stages, path, task_id)
+        st = run.st
+        try:
+            inp = await asyncio.to_thread(fsio.read_input, path, st.config.spool.max_result_bytes)
+        except InputVanishedError:
+            run.log.info("result_vanished")
+            return None
+        except UnsafeInputError as exc:
+            return await self._quarantine(
+                run, path, task_id, None, Rejected(exc.reason, exc.detail)
+            )
+        except OSError as exc:
+            rej = Rejected(QuarantineReason.UNREADABLE, f"cannot read: {exc.strerror or exc}")
+            return await self._quarantine(run, path, task_id, None, rej)
+        sha = hashlib.sha256(inp.data).hexdigest()
+        run.log = run.log.bind(sha256=sha)
+        checked = validate(inp.data, task_id=task_id, rules=st.rules)
+        if isinstance(checked, Rejected):
+            return await self._quarantine(run, path, task_id, sha, checked)
+        return await self._dedupe_and_wake(run, path, checked, sha, FileStamp.of(inp.st))
+
+    async def _reject_name(self, path: Path) -> Outcome | None:
+        run = _Run(self.stages, path, None)
+        detail = f"file name's task id does not match {TASK_ID_RE.pattern}"
+        return await self._quarantine(
+            run, path, None, None, Rejected(QuarantineReason.SCHEMA, detail)
+        )
+
+    async def _quarantine(
+        self, run: _Run, path: Path, task_id: str | None, sha: str | None, rej: Rejected
+    ) -> Outcome | None:
+        qdir = run.st.config.spool.quarantine_dir
+        now = run.st.clock()
+        try:
+            dest = await _durable(
+                quarantine.quarantine, path, qdir, rej.reason, rej.detail, now=now
+            )
+        except InputVanishedError:
+            run.log.info("result_vanished")
+            return None
+        run.log.warning(
+            "result_quarantined",
+            reason=str(rej.reason),
+            detail=rej.detail,
+            quarantined_as=dest.name,
+        )
+        out = self._outcome(
+            run,
+            path,
+            task_id,
+            Verdict.QUARANTINE,
+            sha=sha,
+            reason=str(rej.reason),
+            error=rej.detail,
+        )
+        return await self._finish(run, out)
+
+    async def _dedupe_and_wake(
+        self, run: _Run, path: Path, result: Result, sha: str, stamp: FileStamp
+    ) -> Outcome:
+        cfg = run.st.config
+        four = FourTuple(result.task_id, sha, cfg.spool.collector)
+        key = four.idempotency_key
+        run.log = run.log.bind(idempotency_key=key)
+        files = TaskFiles(path.parent, result.task_id)
+        prior = run.st.ledger.get(key)
+        if prior is not None and prior.state.terminal:
+            await self._repair_marker(files, prior, stamp)
+            verdict_prior = "WAKE_BUILT" if prior.state is LedgerState.DONE else "FIRE_FAILED"
+            out = self._outcome(
+                run,
+                path,
+                result.task_id,
+                Verdict.PICKUP_SKIP,
+                sha=sha,
+                reason=f"already {verdict_prior}",
+                schedule_id=prior.schedule_id,
+                key=key,
+            )
+            return await self._finish(run, out)
+        env = envelope.build(
+            result,
+            result_path=str(path),
+            sha256=sha,
+            idempotency_key=key,
+            delivery_method=run.st.sink.delivery_method,
+        )
+        if not cfg.wake.activated:
+            return await self._not_activated(run, path, result, sha, key, env)
+        attempt = prior.attempt + 1 if prior is not None else 1
+        claimed = self._entry(run, four, LedgerState.CLAIMED, attempt)
+        await run.st.ledger.record(claimed)
+        try:
+            body = envelope.encode(env)
+        except EnvelopeError as exc:
+            return await self._fire_failed(run, files, claimed, env, stamp, str(exc), 0)
+        policy = RetryPolicy(cfg.wake.attempts, cfg.wake.backoff_initial_s, cfg.wake.backoff_max_s)
+        try:
+            schedule_id, attempts = await register_with_retries(
+                run.st.sink,
+                body,
+                idempotency_key=key,
+                policy=policy,
+                sleep=run.st.sleep,
+                on_retry=lambda n, e: run.log.warning("wake_retrying", attempt=n, error=str(e)),
+            )
+        except WakeFailed as failed:
+            return await self._fire_failed(
+                run, files, claimed, env, stamp, str(failed.error), failed.attempts
+            )
+        return await self._wake_built(run, files, claimed, env, stamp, schedule_id, attempts)
+
+    async def _not_activated(
+        self, run: _Run, path: Path, result: Result, sha: str, key: str, env: dict[str, Any]
+    ) -> Outcome:
+        final = envelope.not_activated(env)
+        try:
+            envelope.encode(final)
+        except EnvelopeError as exc:
+            run.log.error("envelope_invalid", error=str(exc))
+        run.log.info("wake_not_activated", envelope=final)
+        out = self._outcome(
+            run,
+            path,
+            result.task_id,
+            Verdict.FIRE_NOT_ACTIVATED,
+            sha=sha,
+            reason="wake.activated is false",
+            key=key,
+        )
+        return await self._finish(run, out)
+
+    async def _wake_built(
+        self,
+        run: _Run,
+        files: TaskFiles,
+        claimed: LedgerEntry,
+        env: dict[str, Any],
+        stamp: FileStamp,
+        schedule_id: str,
+        attempts: int,
+    ) -> Outcome:
+        now = iso(run.st.clock())
+        done = attrs.evolve(claimed, state=LedgerState.DONE, schedule_id=schedule_id, ts=now)
+        await run.st.ledger.record(done)
+        doc = markers.marker_doc(done, attempts=attempts, ts=now, stamp=stamp)
+        await _durable(markers.write_json, files.done, doc)
+        await _durable(_remove_if_present, files.failed)
+        final = envelope.registered(env, schedule_id=schedule_id, registered_at=now)
+        await self._store_envelope(run, files, final, push=True)
+        run.log.info("wake_registered", schedule_id=schedule_id, attempt=attempts)
+        out = self._outcome(
+            run,
+            files.result,
+            files.task_id,
+            Verdict.WAKE_BUILT,
+            sha=claimed.sha256,
+            wake_built=True,
+            schedule_id=schedule_id,
+            attempts=attempts,
+            key=claimed.key,
+        )
+        return await self._finish(run, out)
+
+    async def _fire_failed(
+        self,
+        run: _Run,
+        files: TaskFiles,
+        claimed: LedgerEntry,
+        env: dict[str, Any],
+        stamp: FileStamp,
+        error: str,
+        attempts: int,
+    ) -> Outcome:
+        now = iso(run.st.clock())
+        failed = attrs.evolve(claimed, state=LedgerState.FAILED, ts=now)
+        await run.st.ledger.record(failed)
+        doc = markers.marker_doc(failed, attempts=attempts, ts=now, error=error, stamp=stamp)
+        await _durable(markers.write_json, files.failed, doc)
+        await self._store_envelope(
+            run, files, envelope.register_failed(env, error=error), push=False
+        )
+        run.log.critical("wake_failed", error=error, attempt=attempts)
+        cfg = run.st.config.wake
+        await escalate(
+            cfg.escalate_argv,
+            {
+                "task_id": files.task_id,
+                "verdict": "FIRE_FAILED",
+                "reason": "wake failed",
+                "error": error,
+                "attempts": attempts,
+                "idempotency_key": claimed.key,
+                "ts": now,
+            },
+            timeout_s=cfg.timeout_s,
+        )
+        out = self._outcome(
+            run,
+            files.result,
+            files.task_id,
+            Verdict.FIRE_FAILED,
+            sha=claimed.sha256,
+            reason="wake failed",
+            attempts=attempts,
+            error=error,
+            key=claimed.key,
+        )
+        return await self._finish(run, out)
+
+    # -- helpers ----------------------------------------------------------------
+
+    async def _store_envelope(
+        self, run: _Run, files: TaskFiles, env: dict[str, Any], *, push: bool
+    ) -> None:
+        try:
+            body = envelope.encode(env)
+        except EnvelopeError as exc:
+            # Never write an envelope that fails the validator; the marker already settles it.
+            run.log.error("envelope_invalid", error=str(exc))
+            return
+        await _durable(fsio.atomic_write, files.envelope, body)
+        sink = run.st.sink
+        if push and sink.supports_update:
+            try:
+                await sink.update(body, idempotency_key=str(env.get("idempotency_key")))
+            except Exception as exc:  # an update is best effort; the wake is registered
+                run.log.warning("envelope_update_failed", error=str(exc))
+
+    async def _repair_marker(self, files: TaskFiles, entry: LedgerEntry, stamp: FileStamp) -> None:
+        path = files.marker_for(entry.state)
+        doc = await asyncio.to_thread(markers.read_json, path)
+        if (
+            doc is not None
+            and doc.get("idempotency_key") == entry.key
+            and markers.stamp_matches(doc, stamp)
+        ):
+            return
+        attempts = int(doc.get("attempts", entry.attempt)) if doc else entry.attempt
+        error = doc.get("error") if doc else None
+        fresh = markers.marker_doc(entry, attempts=attempts, ts=entry.ts, error=error, stamp=stamp)
+        await _durable(markers.write_json, path, fresh)
+        _log.info("marker_repaired", task_id=files.task_id, marker=path.name)
+
+    def _entry(self, run: _Run, four: FourTuple, state: LedgerState, attempt: int) -> LedgerEntry:
+        return LedgerEntry(
+            key=four.idempotency_key,
+            task_id=four.task_id,
+            sha256=four.sha256,
+            collector=four.collector,
+            kind=four.kind,
+            state=state,
+            attempt=attempt,
+            ts=iso(run.st.clock()),
+        )
+
+    def _outcome(
+        self,
+        run: _Run,
+        path: Path,
+        task_id: str | None,
+        verdict: Verdict,
+        *,
+        sha: str | None = None,
+        reason: str | None = None,
+        wake_built: bool = False,
+        schedule_id: str | None = None,
+        attempts: int = 0,
+        error: str | None = None,
+        key: str | None = None,
+    ) -> Outcome:
+        return Outcome(
+            run_id=run.run_id,
+            path=str(path),
+            task_id=task_id,
+            verdict=verdict,
+            ts=iso(run.st.clock()),
+            sha256=sha,
+            reason=reason,
+            wake_built=wake_built,
+            schedule_id=schedule_id,
+            attempts=attempts,
+            duration_ms=run.duration_ms,
+            error=error,
+            idempotency_key=key,
+        )
+
+    async def _finish(self, run: _Run, out: Outcome) -> Outcome:
+        await run.st.evidence.append(out.evidence())
+        run.log.info(
+            "pickup_finished",
+            verdict=str(out.verdict),
+            reason=out.reason,
+            duration_ms=round(out.duration_ms, 3),
+            attempts=out.attempts,
+        )
+        return out
+
+    @asynccontextmanager
+    async def _task_lock(self, name: str) -> AsyncIterator[None]:
+        entry = self._task_locks.get(name)
+        if entry is None:
+            entry = self._task_locks[name] = [asyncio.Lock(), 0]
+        entry[1] += 1  # holders and waiters; the lock is dropped when none remain
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._task_locks[name]
+
+
+def _settled(files: TaskFiles) -> bool:
+    """True when a done/failed marker records exactly the current result file."""
+    try:
+        st = files.result.lstat()
+    except OSError:
+        return False
+    stamp = FileStamp.of(st)
+    return any(
+        markers.stamp_matches(markers.read_json(p), stamp) for p in (files.done, files.failed)
+    )
+
+
+def _remove_if_present(path: Path) -> None:
+    if path.exists():
+        fsio.remove_durably(path)
+
+
+async def _durable(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking state write off the loop; any write failure is fatal (SPEC section 7)."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except (DurabilityError, InputVanishedError):
+        raise
+    except OSError as exc:  # fsio.WriteError included
+        raise DurabilityError(exc.errno, f"state write failed: {exc.strerror}") from exc

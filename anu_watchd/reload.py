@@ -1,0 +1,59 @@
+"""``anu-watchd reload``: SIGHUP the daemon and wait, bounded, for its answer.
+
+On systemd 252 ``ExecReload=kill -HUP $MAINPID`` races ``systemctl reload``
+(Type=notify-reload needs 253). This command is synchronous instead: it
+notes the daemon's last reload answer, signals, and waits for a newer one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from anu_watchd.config import Config
+from anu_watchd.locks import is_held, read_holder
+
+POLL_S = 0.02
+
+
+def reload_status_path(config: Config) -> Path:
+    """Where the daemon records the answer to the latest SIGHUP."""
+    lock = config.spool.lock_file
+    return lock.with_name(lock.stem + ".reload.json")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def request_reload(config: Config, *, pid: int | None, timeout_s: float) -> tuple[bool, str]:
+    """Signal and wait; ``(True, msg)`` if applied, ``(False, msg)`` otherwise."""
+    lock = config.spool.lock_file
+    holder = read_holder(lock)
+    if pid is None:
+        if not is_held(lock) or holder is None or holder.role != "run":
+            return False, f"no daemon runs (lock {lock} is free or held by a one-shot command)"
+        pid = holder.pid
+    status = reload_status_path(config)
+    before = _read(status)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False, f"no daemon runs (pid {pid} is gone)"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        doc = _read(status)
+        if doc is not None and doc != before and doc.get("pid") == pid:
+            if doc.get("result") == "applied":
+                return True, f"reloaded: pid {pid} applied {config.source}"
+            return False, f"refused: {doc.get('reason')}"
+        time.sleep(POLL_S)  # polling a file with a deadline; the daemon answers by writing it
+    return False, f"timed out: pid {pid} did not answer within {timeout_s:g} s"

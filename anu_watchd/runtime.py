@@ -1,0 +1,66 @@
+"""Build the pipeline's stages from a config: the wiring shared by the daemon and one-shot commands.
+
+Opening a runtime loads the sealed key, recovers the ledger and opens the
+evidence log; closing it flushes and closes both. The caller must already
+hold the instance lock: the ledger has a single writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anu_watchd.appendlog import AppendLog
+from anu_watchd.config import Config
+from anu_watchd.ledger import Ledger
+from anu_watchd.pipeline import Pipeline, Stages
+from anu_watchd.secret import SealedKey
+from anu_watchd.sinks import build_sink
+from anu_watchd.validate import Rules
+
+
+def rules_for(config: Config, key: SealedKey | None) -> Rules:
+    spool = config.spool
+    return Rules(
+        collector=spool.collector,
+        executors=spool.executors,
+        max_bytes=spool.max_result_bytes,
+        key=key.bytes if key is not None else None,
+    )
+
+
+def ensure_dirs(config: Config) -> None:
+    """Create the spool's directories; the daemon owns them."""
+    spool = config.spool
+    for d in (
+        spool.events_dir,
+        spool.quarantine_dir,
+        spool.ledger.parent,
+        spool.evidence_log.parent,
+        spool.lock_file.parent,
+        spool.enable_flag.parent,
+    ):
+        d.mkdir(parents=True, exist_ok=True)
+
+
+@asynccontextmanager
+async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[Pipeline]:
+    """Recover the ledger and yield a ready Pipeline; flush and close on exit."""
+    ensure_dirs(config)
+    ledger = Ledger.open(config.spool.ledger)
+    evidence = AppendLog.open(config.spool.evidence_log)
+    sink = build_sink(config, key)
+    try:
+        yield Pipeline(
+            Stages(
+                config=config,
+                ledger=ledger,
+                evidence=evidence,
+                sink=sink,
+                rules=rules_for(config, key),
+            )
+        )
+    finally:
+        await sink.aclose()
+        await evidence.aclose()
+        await ledger.aclose()

@@ -1,0 +1,38 @@
+"""Wake sinks: interchangeable ways to register the collector's wake."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from anu_watchd.errors import SecretError
+from anu_watchd.sinks.base import RetryPolicy, Sink, WakeFailed, register_with_retries
+from anu_watchd.sinks.log import LogSink
+
+if TYPE_CHECKING:
+    from anu_watchd.config import Config
+    from anu_watchd.secret import SealedKey
+
+__all__ = ["RetryPolicy", "Sink", "WakeFailed", "build_sink", "register_with_retries"]
+
+
+def build_sink(config: Config, key: SealedKey | None) -> Sink:
+    """The sink the config names."""
+    wake = config.wake
+    if wake.sink == "exec":
+        from anu_watchd.sinks.exec import ExecSink
+
+        return ExecSink(
+            wake.exec.argv,
+            wake.exec.update_argv,
+            key_file=key.path if key else None,
+            timeout_s=wake.timeout_s,
+            key=key,
+        )
+    if wake.sink == "http":
+        # Imported only when used: aiohttp costs start-up time and idle memory.
+        from anu_watchd.sinks.http import HttpSink
+
+        if key is None:
+            raise SecretError("key.file", 'required when wake.sink = "http"')
+        return HttpSink(wake.http.url, key=key, timeout_s=wake.timeout_s)
+    return LogSink()

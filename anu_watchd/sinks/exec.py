@@ -1,0 +1,218 @@
+"""The exec sink: registers the wake by running an operator-configured command.
+
+The command gets the envelope JSON on stdin and a clean environment built
+from nothing (never inherited, so no ``NOTIFY_SOCKET`` and no stray secret)::
+
+    PATH=/usr/local/bin:/usr/bin:/bin  LANG=C.UTF-8
+    ANU_WATCHD_KEY_FILE=<path of the sealed key>   a path, never the key
+    ANU_WATCHD_IDEMPOTENCY_KEY=<idempotency key>
+
+It runs in its own session, so a timeout can kill everything it started.
+How its end maps to an outcome:
+
+    exit 0 with an id on stdout      registered
+    exit 0 without one               PermanentWakeError
+    exit 75 (EX_TEMPFAIL), a signal,
+    or the timeout                   TransientWakeError
+    any other exit, or cannot exec   PermanentWakeError
+
+The id is the ``schedule_id`` of a JSON object on stdout, else the first
+non-empty line. An id longer than 200 characters is refused rather than cut,
+because a truncated id names some other schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
+
+if TYPE_CHECKING:
+    from anu_watchd.secret import SealedKey
+
+EX_TEMPFAIL = 75
+CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_ID_CHARS = 200
+_OUTPUT_LIMIT = 64 * 1024
+_STDERR_QUOTE_CHARS = 500
+_CHUNK = 16 * 1024
+
+
+@attrs.frozen
+class _Finished:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class ExecSink:
+    """Runs ``argv`` to register and ``update_argv`` (if any) to push the final envelope.
+
+    ``key`` is optional and only used to scrub the key out of child output quoted
+    in error messages; the child itself is handed ``key_file``, a path.
+    """
+
+    delivery_method = "exec"
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        update_argv: Sequence[str],
+        *,
+        key_file: Path | None,
+        timeout_s: float,
+        key: SealedKey | None = None,
+    ) -> None:
+        if not argv:
+            raise ValueError("ExecSink needs a non-empty argv")
+        self._argv = tuple(argv)
+        self._update_argv = tuple(update_argv)
+        self._key_file = key_file
+        self._timeout_s = timeout_s
+        self._key = key
+
+    @property
+    def supports_update(self) -> bool:
+        return bool(self._update_argv)
+
+    async def register(self, envelope: bytes, *, idempotency_key: str) -> str:
+        done = await self._run(self._argv, envelope, idempotency_key)
+        return schedule_id_from_stdout(done.stdout, program=self._argv[0])
+
+    async def update(self, envelope: bytes, *, idempotency_key: str) -> None:
+        if self._update_argv:
+            await self._run(self._update_argv, envelope, idempotency_key)
+
+    async def aclose(self) -> None:
+        return None
+
+    def child_env(self, idempotency_key: str) -> dict[str, str]:
+        """The whole environment the command sees; nothing is inherited."""
+        env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "ANU_WATCHD_IDEMPOTENCY_KEY": idempotency_key}
+        if self._key_file is not None:
+            env["ANU_WATCHD_KEY_FILE"] = str(self._key_file)
+        return env
+
+    async def _run(self, argv: tuple[str, ...], envelope: bytes, idempotency_key: str) -> _Finished:
+        proc = await _spawn(argv, self.child_env(idempotency_key))
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                done = await _communicate(proc, envelope)
+        except TimeoutError:
+            raise TransientWakeError(f"{argv[0]} timed out after {self._timeout_s:g}s") from None
+        finally:
+            # Also on cancellation: never leave a registration command running behind us.
+            await _kill_and_reap(proc)
+        _raise_for_exit(argv[0], done.returncode, self._scrub(done.stderr))
+        return done
+
+    def _scrub(self, raw: bytes) -> str:
+        text = raw.decode("utf-8", errors="replace").strip()
+        if self._key is not None and self._key.value:
+            text = text.replace(self._key.value, "[REDACTED]")
+        return text[-_STDERR_QUOTE_CHARS:]
+
+
+async def _spawn(argv: tuple[str, ...], env: dict[str, str]) -> asyncio.subprocess.Process:
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        # ENOENT, EACCES, ENOEXEC: the configuration is wrong, retrying cannot help.
+        raise PermanentWakeError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+
+async def _communicate(proc: asyncio.subprocess.Process, envelope: bytes) -> _Finished:
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    _, stdout, stderr, returncode = await asyncio.gather(
+        _feed(proc.stdin, envelope),
+        _read_bounded(proc.stdout),
+        _read_bounded(proc.stderr),
+        proc.wait(),
+    )
+    return _Finished(returncode, stdout, stderr)
+
+
+async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    # A command that exits without reading stdin is judged by its exit status alone.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(data)
+        await stdin.drain()
+    stdin.close()
+
+
+async def _read_bounded(stream: asyncio.StreamReader) -> bytes:
+    """Keep the first 64 KiB; drain the rest so a chatty command is not blocked on a full pipe."""
+    kept = bytearray()
+    while chunk := await stream.read(_CHUNK):
+        room = _OUTPUT_LIMIT - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+    return bytes(kept)
+
+
+async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        # start_new_session made the child a group leader: its pid is the group id.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+def _raise_for_exit(program: str, returncode: int, stderr: str) -> None:
+    if returncode == 0:
+        return
+    detail = f": {stderr}" if stderr else ""
+    if returncode < 0:
+        name = _signal_name(-returncode)
+        raise TransientWakeError(f"{program} was killed by {name}{detail}")
+    error: type[WakeError] = TransientWakeError if returncode == EX_TEMPFAIL else PermanentWakeError
+    raise error(f"{program} exited {returncode}{detail}")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def schedule_id_from_stdout(stdout: bytes, *, program: str) -> str:
+    """The ``schedule_id`` of a JSON object on stdout, else its first non-empty line."""
+    text = stdout.decode("utf-8", errors="replace")
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        found = answer.get("schedule_id")
+        candidate = str(found) if _is_id_scalar(found) else ""
+        where = "no usable schedule_id in its JSON answer"
+    else:
+        candidate = next((s for s in (ln.strip() for ln in text.splitlines()) if s), "")
+        where = "no schedule id on stdout"
+    candidate = candidate.strip()
+    if not candidate:
+        raise PermanentWakeError(f"{program} exited 0 but printed {where}")
+    if len(candidate) > MAX_ID_CHARS:
+        raise PermanentWakeError(f"{program} printed a schedule id over {MAX_ID_CHARS} chars")
+    return candidate
+
+
+def _is_id_scalar(value: object) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool)

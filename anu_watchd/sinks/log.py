@@ -1,0 +1,28 @@
+"""The log sink: logs the envelope and answers with a synthetic schedule id.
+
+For demos, dry runs and benchmarks; it wakes nobody.
+"""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+
+_log = structlog.get_logger("anu_watchd.sinks.log")
+
+
+class LogSink:
+    delivery_method = "log"
+    supports_update = False
+
+    async def register(self, envelope: bytes, *, idempotency_key: str) -> str:
+        _log.info("wake_logged", envelope=json.loads(envelope), idempotency_key=idempotency_key)
+        # Deterministic, so a re-fire after a crash reports the same id.
+        return "log-" + idempotency_key.removeprefix("ik1-")[:16]
+
+    async def update(self, envelope: bytes, *, idempotency_key: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,97 @@
+"""``anu-watchd status``: what the spool looks like, from files alone.
+
+Reads the events directory, the quarantine directory and the evidence log;
+never the ledger's writer side, so it works while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from anu_watchd import markers
+from anu_watchd.config import Config
+from anu_watchd.markers import ACKED_SUFFIX, DONE_SUFFIX, FAILED_SUFFIX, FileStamp, TaskFiles
+from anu_watchd.model import Verdict
+from anu_watchd.pipeline import is_result_name
+from anu_watchd.quarantine import list_quarantined
+
+LAST_RUNS = 10
+
+
+def _task_ids(names: set[str], suffix: str) -> set[str]:
+    return {n[: -len(suffix)] for n in names if n.endswith(suffix)}
+
+
+def _evidence(path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    counts: collections.Counter[str] = collections.Counter()
+    last: collections.deque[dict[str, Any]] = collections.deque(maxlen=LAST_RUNS)
+    try:
+        with open(path, "rb") as fh:
+            for raw in fh:
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    continue  # a torn last evidence line is not worth failing status over
+                counts[str(line.get("verdict"))] += 1
+                last.append(line)
+    except FileNotFoundError:
+        return {}, []
+    return dict(counts), list(last)
+
+
+def _pending(events_dir: Path, names: set[str], glob: str) -> int:
+    """Results with no marker that settles their current file."""
+    n = 0
+    for name in names:
+        if not is_result_name(name, glob):
+            continue
+        files = TaskFiles(events_dir, name[: -len(".result.json")])
+        try:
+            stamp = FileStamp.of(files.result.lstat())
+        except OSError:
+            continue
+        if not any(
+            markers.stamp_matches(markers.read_json(p), stamp) for p in (files.done, files.failed)
+        ):
+            n += 1
+    return n
+
+
+def collect(config: Config) -> dict[str, Any]:
+    """The document ``status --json`` prints."""
+    spool = config.spool
+    try:
+        names = set(os.listdir(spool.events_dir))
+    except FileNotFoundError:
+        names = set()
+    counts, last_runs = _evidence(spool.evidence_log)
+    done = _task_ids(names, DONE_SUFFIX)
+    return {
+        "counts": {str(v): counts.get(str(v), 0) for v in Verdict},
+        "pending": _pending(spool.events_dir, names, spool.result_glob),
+        "failed": sorted(_task_ids(names, FAILED_SUFFIX)),
+        "quarantined": len(list_quarantined(spool.quarantine_dir)),
+        "unacked": sorted(done - _task_ids(names, ACKED_SUFFIX)),
+        "last_runs": last_runs,
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    """Human form of ``collect``'s document."""
+    lines = [
+        "verdicts: " + ", ".join(f"{k}={v}" for k, v in doc["counts"].items()),
+        f"pending: {doc['pending']}",
+        f"failed: {len(doc['failed'])} {' '.join(doc['failed'][:20])}".rstrip(),
+        f"quarantined: {doc['quarantined']}",
+        f"unacked: {len(doc['unacked'])} {' '.join(doc['unacked'][:20])}".rstrip(),
+        "last runs:",
+    ]
+    lines += [
+        f"  {r.get('ts')} {r.get('task_id')} {r.get('verdict')} {r.get('reason') or ''}".rstrip()
+        for r in doc["last_runs"]
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The operator commands: emit, enable/disable, status, quarantine, ack, check-config, --help."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.spool import Spool, json_lines, valid_doc
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path)
+
+
+def test_emit_writes_a_valid_result_atomically(spool: Spool) -> None:
+    """emit with flags writes task-<id>.result.json that the scan then wakes."""
+    res = spool.cli(
+        "emit",
+        "--task-id",
+        "task-9",
+        "--status",
+        "DONE",
+        "--executor",
+        "dev1",
+        "--summary",
+        "all good",
+        "--commit",
+        "abc1234",
+    )
+    assert res.returncode == 0, res.stderr
+    path = spool.result_path("task-9")
+    doc = json.loads(path.read_text())
+    assert doc["collector"] == "anu" and doc["commit"] == "abc1234"
+    assert not [p for p in spool.events.iterdir() if p.name.startswith(".tmp-")]
+    scan = spool.cli("scan", "--once", "--json")
+    assert json_lines(scan.stdout)[0]["verdict"] == "WAKE_BUILT"
+
+
+def test_emit_from_stdin_and_refusals(spool: Spool) -> None:
+    """emit --json - takes a whole document; one the daemon would quarantine is refused (64)."""
+    ok = spool.cli("emit", "--json", "-", stdin=json.dumps(valid_doc("task-5", extra={"k": 1})))
+    assert ok.returncode == 0 and spool.result_path("task-5").exists()
+    bad = spool.cli("emit", "--json", "-", stdin=json.dumps(valid_doc("task-6", status="nope")))
+    assert bad.returncode == 64 and "SCHEMA" in bad.stderr
+    assert not spool.result_path("task-6").exists()
+    missing = spool.cli("emit", "--task-id", "task-7")
+    assert missing.returncode == 64 and "--status" in missing.stderr
+
+
+def test_enable_and_disable_write_and_remove_the_flag(tmp_path: Path) -> None:
+    """enable writes the flag with `true`; disable removes it."""
+    spool = Spool(tmp_path, enabled=False)
+    assert spool.cli("enable").returncode == 0
+    assert spool.flag.read_text().strip() == "true"
+    assert spool.cli("disable").returncode == 0
+    assert not spool.flag.exists()
+
+
+def test_status_counts_and_lists(spool: Spool) -> None:
+    """status --json reports verdict counts, pending, quarantined, unacked and last runs."""
+    spool.drop("task-1")
+    spool.drop("task-2")
+    spool.drop("task-bad", raw=b"x")
+    spool.cli("scan", "--once")
+    spool.drop("task-3")
+    assert spool.cli("ack", "task-1").returncode == 0
+    res = spool.cli("status", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["counts"]["WAKE_BUILT"] == 2 and doc["counts"]["QUARANTINE"] == 1
+    assert doc["pending"] == 1
+    assert doc["quarantined"] == 1
+    assert doc["unacked"] == ["task-2"]
+    assert doc["failed"] == []
+    assert len(doc["last_runs"]) == 3
+    human = spool.cli("status")
+    assert human.returncode == 0 and "pending: 1" in human.stdout
+
+
+def test_quarantine_list_and_release_round_trip(spool: Spool) -> None:
+    """A quarantined result is listed with its reason and, once released, runs again."""
+    spool.drop("task-1", valid_doc("task-1", collector="zeus"))
+    spool.cli("scan", "--once")
+    listed = spool.cli("quarantine", "list")
+    name, reason = listed.stdout.split("\t")[:2]
+    assert reason == "FOREIGN_COLLECTOR" and name.startswith("task-1.result.json.")
+    assert spool.cli("quarantine", "release", name).returncode == 0
+    assert spool.result_path("task-1").exists()
+    assert spool.cli("quarantine", "list").stdout == ""
+    again = spool.cli("quarantine", "release", name)
+    assert again.returncode == 64
+
+
+def test_ack_writes_the_acked_marker(spool: Spool) -> None:
+    """ack TASK writes task-<id>.pickup.acked atomically; a bad id is a usage error."""
+    assert spool.cli("ack", "task-3").returncode == 0
+    assert json.loads((spool.events / "task-3.pickup.acked").read_text())["task_id"] == "task-3"
+    assert spool.cli("ack", "../etc").returncode == 64
+
+
+def test_pickup_outside_the_events_dir_is_refused(spool: Spool, tmp_path: Path) -> None:
+    """pickup of a file outside the events directory is a usage error (64)."""
+    other = tmp_path / "task-1.result.json"
+    other.write_text(json.dumps(valid_doc("task-1")))
+    assert spool.cli("pickup", str(other)).returncode == 64
+
+
+def test_check_config_ok(spool: Spool) -> None:
+    """check-config exits 0 on a valid file."""
+    res = spool.cli("check-config")
+    assert res.returncode == 0 and "ok" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "run",
+        "scan",
+        "pickup",
+        "emit",
+        "ack",
+        "status",
+        "quarantine",
+        "enable",
+        "disable",
+        "check-config",
+    ],
+)
+def test_every_command_has_help(spool: Spool, command: str) -> None:
+    """Every command answers --help with exit 0."""
+    res = spool.cli(command, "--help")
+    assert res.returncode == 0 and "usage:" in res.stdout
+
+
+def test_unknown_command_is_a_usage_error(spool: Spool) -> None:
+    """An unknown command exits 64 (EX_USAGE)."""
+    assert spool.cli("frobnicate").returncode == 64
+
+
+def test_key_file_open_to_others_is_refused(spool: Spool) -> None:
+    """A key file readable by others is a configuration error (78), without the key in output."""
+    spool.key_file.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    res = spool.cli("scan", "--once")
+    assert res.returncode == 78
+    assert spool.key not in res.stderr

@@ -1,0 +1,59 @@
+"""Tests for the shared values."""
+
+from __future__ import annotations
+
+from anu_watchd.model import FourTuple, LedgerEntry, LedgerState, task_id_from_name
+
+
+def test_idempotency_key_is_stable_and_distinguishes_each_field() -> None:
+    """The same 4-tuple always gives the same key; changing any field changes it."""
+    base = FourTuple("task-7", "a" * 64, "anu")
+    assert base.idempotency_key == FourTuple("task-7", "a" * 64, "anu").idempotency_key
+    others = [
+        FourTuple("task-8", "a" * 64, "anu"),
+        FourTuple("task-7", "b" * 64, "anu"),
+        FourTuple("task-7", "a" * 64, "other"),
+        FourTuple("task-7", "a" * 64, "anu", "x"),
+    ]
+    assert len({base.idempotency_key, *(o.idempotency_key for o in others)}) == 5
+
+
+def test_task_id_from_name_accepts_only_valid_result_names() -> None:
+    """Only `task-<id>.result.json` with an id matching the pattern yields a task id."""
+    assert task_id_from_name("task-7.result.json") == "task-7"
+    assert task_id_from_name("task-a.b_c-d.result.json") == "task-a.b_c-d"
+    for bad in (
+        "task-.result.json",
+        "task-7.pickup.done",
+        "task-\n.result.json",
+        "task-" + "x" * 129 + ".result.json",
+        "task-_x.result.json",
+        "job-1.result.json",
+    ):
+        assert task_id_from_name(bad) is None
+
+
+def test_ledger_entry_serialises_every_spec_field() -> None:
+    """A ledger line carries exactly the fields of SPEC section 2."""
+    e = LedgerEntry(
+        key="k",
+        task_id="task-7",
+        sha256="s",
+        collector="anu",
+        state=LedgerState.CLAIMED,
+        attempt=1,
+        ts="t",
+    )
+    assert set(e.to_json()) == {
+        "v",
+        "key",
+        "task_id",
+        "sha256",
+        "collector",
+        "kind",
+        "state",
+        "attempt",
+        "schedule_id",
+        "ts",
+    }
+    assert e.to_json()["state"] == "CLAIMED" and not LedgerState.CLAIMED.terminal
