@@ -111,7 +111,7 @@ def _reset(c: Container) -> None:
     c.systemctl("reset-failed")
 
 
-def _drop_result(c: Container, task_id: str, **fields: Any) -> None:
+def _drop_result(c: Container, task_id: str) -> None:
     """A worker's atomic drop: write a temp file, fsync, rename into the events dir."""
     doc = {
         "schema": "anu.result/v1",
@@ -121,7 +121,6 @@ def _drop_result(c: Container, task_id: str, **fields: Any) -> None:
         "collector": "anu",
         "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "summary": f"{task_id} finished",
-        **fields,
     }
     events = c.path(EVENTS)
     tmp = events / f".tmp-{task_id}"
@@ -134,15 +133,18 @@ def _drop_result(c: Container, task_id: str, **fields: Any) -> None:
 
 def _done_marker(c: Container, task_id: str) -> dict[str, Any] | None:
     try:
-        return json.loads(c.path(f"{EVENTS}/{task_id}.pickup.done").read_text())  # type: ignore[no-any-return]
+        marker: dict[str, Any] = json.loads(c.path(f"{EVENTS}/{task_id}.pickup.done").read_text())
     except (FileNotFoundError, ValueError):
         return None
+    return marker
 
 
 def _wait_woken(c: Container, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    marker = wait_for(lambda: _done_marker(c, task_id), f"{task_id}.pickup.done", timeout)
+    marker: dict[str, Any] = wait_for(
+        lambda: _done_marker(c, task_id), f"{task_id}.pickup.done", timeout
+    )
     assert marker["verdict"] == "WAKE_BUILT", marker
-    return marker  # type: ignore[no-any-return]
+    return marker
 
 
 def _wakes(c: Container) -> list[dict[str, Any]]:

@@ -14,12 +14,6 @@ def _host_mounts() -> set[str]:
     return {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
 
 
-def _pids_in(cgroups: list[Path]) -> list[int]:
-    return [
-        int(p) for cg in cgroups if cg.exists() for p in (cg / "cgroup.procs").read_text().split()
-    ]
-
-
 def test_boot_and_shutdown_leave_nothing_behind(rootfs: Path, tmp_path: Path) -> None:
     """After poweroff the container's processes, cgroup subtrees and mounts are all gone."""
     mounts_before = _host_mounts()
@@ -34,4 +28,6 @@ def test_boot_and_shutdown_leave_nothing_behind(rootfs: Path, tmp_path: Path) ->
         assert c.leader not in root_pids and c.nspawn.pid not in root_pids
     assert leftovers_of(c) == []
     assert c.nspawn.returncode == 0
-    assert _host_mounts() == mounts_before
+    # Only mounts of ours count: other processes on the host may mount meanwhile.
+    new_mounts = _host_mounts() - mounts_before
+    assert [m for m in new_mounts if c.machine in m or "nspawn" in m or str(rootfs) in m] == []
