@@ -119,6 +119,7 @@ class AppendLog:
         self._pending.append(_Pending(encode(record), waiter, on_durable))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop())
+            self._flusher.add_done_callback(self._flusher_done)
         return await waiter
 
     def append_many_sync(self, records: Iterable[dict[str, Any]]) -> None:
@@ -147,7 +148,7 @@ class AppendLog:
 
     def close(self) -> None:
         """Close at once; only when nothing is in flight (else use :meth:`aclose`)."""
-        if self._flusher is not None:
+        if self._flusher is not None or (self._io is not None and not self._io.done()):
             raise RuntimeError("appends in flight; use aclose()")
         if not self._closed:
             self._closed = True
@@ -162,6 +163,13 @@ class AppendLog:
                 await self._flush(batch)
         finally:
             self._flusher = None
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        # A flush task cancelled before its first step never ran _flush_loop's finally.
+        if self._flusher is task:
+            self._flusher = None
+        if task.cancelled() and self._cause is None:
+            self._poison(asyncio.CancelledError("the flush task was cancelled"), [])
 
     async def _flush(self, batch: list[_Pending]) -> None:
         data = b"".join(p.line for p in batch)
@@ -194,6 +202,21 @@ class AppendLog:
         self._flushes += 1
 
     # -- failure --------------------------------------------------------------
+
+    def halt(self, cause: BaseException) -> None:
+        """Fail-stop after a fatal error elsewhere: write nothing more, fail what is queued.
+
+        A flush already running in its thread finishes (its bytes were handed to
+        the kernel before the error was known); nothing queued is written after it.
+        """
+        if self._cause is not None:
+            return
+        self._cause = cause
+        dropped, self._pending = self._pending, []
+        for p in dropped:
+            if not p.waiter.done():
+                p.waiter.set_exception(self._failure())
+        _log.warning("append_log_halted", path=str(self.path), dropped_lines=len(dropped))
 
     def _poison(self, cause: BaseException, batch: list[_Pending]) -> DurabilityError:
         """Fail every waiter and refuse all later appends; returns a fresh error."""

@@ -100,6 +100,7 @@ def _template(parts: list[bytes], *variable: int) -> list[bytes]:
 
 
 _T_SID, _T_NULL = _template(_S, _SID), _template(_N)
+_N_SID, _N_NULL = len(_T_SID), len(_T_NULL)
 # Attempts are small; a bigger one simply takes the json.loads path.
 _ATTEMPTS = frozenset(b":%d," % i for i in range(1000))
 
@@ -109,18 +110,18 @@ def _plain(data: bytes) -> bool:
     return data.isascii() and len(data.translate(None, _UNSAFE)) == len(data)
 
 
-def _canonical(line: bytes) -> tuple[bytes, bytes, int] | None:
-    """(key, task_id, state code) of a line in this daemon's own shape, else None.
+def _canonical(line: bytes) -> tuple[KeyId, bytes, int] | None:
+    """(key id, task_id, state code) of a line in this daemon's own shape, else None.
 
     The caller has checked :func:`_plain`, so every quoted run is a complete
     JSON string that means exactly its bytes.
     """
     p = line.split(b'"')
     n = len(p)
-    if n == len(_T_SID):
+    if n == _N_SID:
         tpl = _T_SID
         p[_SID] = b""
-    elif n == len(_T_NULL):
+    elif n == _N_NULL:
         tpl = _T_NULL
     else:
         return None
@@ -128,7 +129,7 @@ def _canonical(line: bytes) -> tuple[bytes, bytes, int] | None:
     p[_KEY] = p[_TASK] = p[_SHA] = p[_COL] = p[_KIND] = p[_STATE] = p[_ATTEMPT] = p[_TS] = b""
     if code is None or att not in _ATTEMPTS or p != tpl:
         return None
-    return key, task, code
+    return _key_id(key), task, code
 
 
 # -- full validation ----------------------------------------------------------------
@@ -219,18 +220,18 @@ class _Loader:
             if parsed is None:
                 parsed = self._slow(line, lineno)
             v = offset << 3 | parsed[2]
-            keys[_key_id(parsed[0])] = v
+            keys[parsed[0]] = v
             tasks[parsed[1]] = v
             offset += len(line) + 1
         self.lineno = lineno
         self.offset = offset
 
-    def _slow(self, line: bytes, lineno: int) -> tuple[bytes, bytes, int]:
+    def _slow(self, line: bytes, lineno: int) -> tuple[KeyId, bytes, int]:
         try:
             entry = _parse(line)
         except ValueError as exc:
             raise LedgerCorruptError(str(self.path), lineno, str(exc)) from exc
-        return _utf8(entry.key), _utf8(entry.task_id), _CODES[entry.state]
+        return _key_id(_utf8(entry.key)), _utf8(entry.task_id), _CODES[entry.state]
 
 
 def _load(path: Path, fh: BinaryIO) -> tuple[_Loader, int]:
@@ -360,6 +361,14 @@ class Ledger:
         """Append ``entry`` durably, then index it; DurabilityError poisons the ledger."""
         log = await self._writer()
         await log.append(entry.to_json(), on_durable=functools.partial(self._indexed, entry))
+
+    def halt(self, cause: BaseException) -> None:
+        """Fail-stop: refuse every later record and drop queued ones unwritten (SPEC section 7)."""
+        if self._broken is None:
+            self._broken = DurabilityError(f"{self.path}: halted after a fatal error")
+            self._broken.__cause__ = cause
+        if self._log is not None:
+            self._log.halt(cause)
 
     async def aclose(self) -> None:
         """Let queued records become durable, then close the files."""

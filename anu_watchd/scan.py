@@ -13,19 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import structlog
 
 from anu_watchd import fsio, markers
-from anu_watchd.markers import RETRY_SUFFIX, TaskFiles
+from anu_watchd.markers import (
+    DONE_SUFFIX,
+    ENVELOPE_SUFFIX,
+    FAILED_SUFFIX,
+    RETRY_SUFFIX,
+    TaskFiles,
+)
 from anu_watchd.model import TASK_ID_RE, Outcome
 from anu_watchd.pipeline import Pipeline, _durable, is_enabled, is_result_name
 from anu_watchd.retry import consume_retry
 
 _log = structlog.get_logger("anu_watchd.scan")
 STALE_TEMP_S = 60.0
+_OWN_TEMP_RE = re.compile(
+    re.escape(fsio.TMP_PREFIX)
+    + TASK_ID_RE.pattern.strip("^$")
+    + "(?:"
+    + "|".join(re.escape(s) for s in (DONE_SUFFIX, FAILED_SUFFIX, ENVELOPE_SUFFIX))
+    + r")\.[0-9a-f]{12}"
+)
 
 
 def list_results(events_dir: Path, glob: str) -> list[Path]:
@@ -61,9 +75,14 @@ async def run_all(
             if out is not None:
                 outcomes.append(out)
 
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(max(1, concurrency)):
-            tg.create_task(worker())
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(max(1, concurrency)):
+                tg.create_task(worker())
+    except ExceptionGroup as group:
+        # The first failure cancelled the other workers; callers (and the CLI's exit
+        # codes: DurabilityError -> 70) expect that error itself, not a group.
+        raise group.exceptions[0] from group
     return outcomes
 
 
@@ -78,11 +97,23 @@ async def reconcile(pipeline: Pipeline) -> list[Outcome]:
     return outcomes
 
 
+def is_own_temp(name: str) -> bool:
+    """A temp of a marker or envelope: only the instance-lock holder writes those."""
+    return _OWN_TEMP_RE.fullmatch(name) is not None
+
+
 async def recover_markers(pipeline: Pipeline) -> None:
     """Start-up: remove our stale temp files and rebuild the markers the ledger projects."""
     spool = pipeline.stages.config.spool
-    # A minute's grace: `emit` may be writing a result's temp file right now.
-    removed = await _durable(fsio.remove_stale_temps, spool.events_dir, min_age_s=STALE_TEMP_S)
+    # We hold the instance lock, so the writer of a marker or envelope temp (and of anything
+    # in the quarantine dir) is dead: those go at once, however young (a restart after a
+    # crash comes within seconds). Other temps get a minute's grace: `emit`, `ack` or
+    # `enable` may be writing one right now.
+    removed = await _durable(
+        fsio.remove_stale_temps, spool.events_dir, min_age_s=STALE_TEMP_S, dead_writer=is_own_temp
+    )
+    if spool.quarantine_dir.is_dir():
+        removed += await _durable(fsio.remove_stale_temps, spool.quarantine_dir)
     if removed:
         _log.info("stale_temps_removed", count=len(removed))
     await _rebuild_markers(pipeline)
@@ -113,17 +144,17 @@ async def _rebuild_markers(pipeline: Pipeline) -> None:
     ledger = pipeline.stages.ledger
     events_dir = pipeline.stages.config.spool.events_dir
     present = set(await asyncio.to_thread(_names, events_dir))
-    for entry in ledger.terminal_entries():
-        latest = ledger.latest_for_task(entry.task_id)
-        if latest is None or latest.key != entry.key:
-            continue  # a newer result for this task supersedes it
-        path = TaskFiles(events_dir, entry.task_id).marker_for(entry.state)
+    for task_id, state in ledger.terminal_tasks():
+        path = TaskFiles(events_dir, task_id).marker_for(state)
         if path.name in present:
+            continue
+        entry = ledger.latest_for_task(task_id)
+        if entry is None:
             continue
         # No file stamp: the result may have changed since, so the next scan must hash it.
         fresh = markers.marker_doc(entry, attempts=entry.attempt, ts=entry.ts)
         await _durable(markers.write_json, path, fresh)
-        _log.info("marker_rebuilt", task_id=entry.task_id, marker=path.name)
+        _log.info("marker_rebuilt", task_id=task_id, marker=path.name)
 
 
 def _names(directory: Path) -> list[str]:

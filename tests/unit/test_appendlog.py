@@ -265,6 +265,23 @@ async def test_enospc_from_write_is_a_durability_error(
     assert log_path.stat().st_size == 0
 
 
+async def test_cancelling_every_task_at_shutdown_fails_waiters_and_aclose_returns(
+    log: AppendLog,
+) -> None:
+    """A shutdown that cancels all tasks, the flush task included, poisons the log cleanly."""
+    task = asyncio.create_task(log.append({"i": 0}))
+    await asyncio.sleep(0)  # one loop turn: the append queues its line and creates the flusher
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            other.cancel()
+    await asyncio.wait_for(log.aclose(), WAIT_S)
+    with pytest.raises((asyncio.CancelledError, DurabilityError)):
+        await task
+    assert not log.healthy
+    with pytest.raises(DurabilityError):
+        await log.append({"i": 1})
+
+
 # -- closing -----------------------------------------------------------------------
 
 
