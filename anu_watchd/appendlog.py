@@ -16,7 +16,8 @@ dirty pages and cleared the error, so a second fsync that "succeeds" proves
 nothing. The only way on is a restart, whose recovery trusts what is durable.
 
 A single writer is assumed (the caller holds the instance lock), so line
-offsets can be computed from the file size at open.
+offsets can be computed from the file size at open, and a torn last line (a
+short write before a stop) is cut off at open rather than glued to the next.
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ OnDurable = Callable[[int], None]
 
 def encode(record: dict[str, Any]) -> bytes:
     """One record as one UTF-8 line."""
-    return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    try:
+        return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:
+        # A lone surrogate: a path from a file name that is not UTF-8 (a worker may create
+        # one). Escaped as \udcXX it is still one valid, ASCII JSON line that round-trips.
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode()
 
 
 @attrs.frozen
@@ -92,7 +98,7 @@ class AppendLog:
         try:
             if created:
                 fsio.fsync_dir(path.parent)
-            size = os.fstat(fd).st_size
+            size = _cut_torn_tail(path, fd)
         except OSError as exc:
             os.close(fd)
             raise _error(f"{path}: cannot open for appending: {exc}", exc) from exc
@@ -251,6 +257,34 @@ def _settle(p: _Pending, offset: int) -> None:
         return
     if not p.waiter.done():  # a cancelled caller's line is durable all the same
         p.waiter.set_result(offset)
+
+
+def _cut_torn_tail(path: Path, fd: int) -> int:
+    """The offset to append at, after cutting off a line a failed write left unfinished.
+
+    Without this the next line would be glued onto the torn one, corrupting both. Safe
+    because there is a single writer (the caller holds the instance lock).
+    """
+    size = os.fstat(fd).st_size
+    keep = _after_last_newline(path, size)
+    if keep < size:
+        os.ftruncate(fd, keep)
+        fsio.fsync(fd)
+        _log.warning("append_log_tail_truncated", path=str(path), dropped_bytes=size - keep)
+    return keep
+
+
+def _after_last_newline(path: Path, size: int) -> int:
+    with open(path, "rb") as fh:
+        end = size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            fh.seek(start)
+            newline = fh.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
 
 
 def _open_existing(path: Path) -> int:

@@ -113,7 +113,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     async def work(config: Config, key: Any) -> list[Outcome]:
         async with open_pipeline(config, key) as pipeline:
             outcomes = [*await recover(pipeline), *await reconcile(pipeline)]
-            await ReceiptWatch().sweep(pipeline.stages)
+            await ReceiptWatch().sweep(pipeline)
             return outcomes
 
     if not args.once:

@@ -137,7 +137,8 @@ class Daemon:
 
     def _start_tasks(self) -> None:
         n = self.config.wake.concurrency
-        self._workers = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(n)]
+        # Spawned like every other task: a worker's DurabilityError must stop the daemon.
+        self._workers = [self._spawn(self._worker(), f"worker-{i}") for i in range(n)]
         self._tasks = [
             self._spawn(self._intake_reader(), "intake"),
             self._spawn(self._rescanner(), "rescanner"),
@@ -162,14 +163,25 @@ class Daemon:
         exc = task.exception()
         if exc is not None and self._fatal is None:
             self._fatal = exc
+            _log.critical("daemon_fatal", error=str(exc), error_type=type(exc).__name__)
+            self._halt(exc)
             self._stop.set()
+
+    def _halt(self, exc: BaseException) -> None:
+        """Fail-stop, synchronously, before any other task runs again: no run, no line after it.
+
+        Only work already inside a thread finishes; cancelled runs stop at their next await
+        (a sink command is killed) and their queued ledger and evidence lines are dropped.
+        """
+        stages = self.pipeline.stages
+        stages.ledger.halt(exc)
+        stages.evidence.halt(exc)
+        for task in (*self._workers, *self._tasks):
+            task.cancel()
 
     async def _wait_for_stop(self) -> int:
         await self._stop.wait()
-        if self._fatal is None:
-            return EX_OK
-        _log.critical("daemon_fatal", error=str(self._fatal), error_type=type(self._fatal).__name__)
-        return EX_SOFTWARE
+        return EX_OK if self._fatal is None else EX_SOFTWARE
 
     async def _drain(self) -> None:
         """Shutdown is start-up in reverse: intake off, in-flight runs finish, flush."""
@@ -239,7 +251,8 @@ class Daemon:
         elif ev.kind is Kind.FLAG:
             self._on_flag()
         elif ev.kind is Kind.ACKED and ev.task_id is not None:
-            await mark_received(self.config.spool.events_dir, ev.task_id)
+            async with self.pipeline.task_lock(ev.task_id):
+                await mark_received(self.config.spool.events_dir, ev.task_id)
         elif ev.kind is Kind.RETRY and ev.task_id is not None:
             await self._on_retry(ev.task_id)
         elif ev.kind is Kind.LOST:
@@ -266,7 +279,9 @@ class Daemon:
     async def _rescanner(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._rescan_wanted.wait(), self.config.rescan_interval_s)
+                # Not wait_for: on 3.11 it can swallow a cancel racing the event (gh-86296).
+                async with asyncio.timeout(self.config.rescan_interval_s):
+                    await self._rescan_wanted.wait()
             except TimeoutError:
                 self._rescan_reasons.add("backstop")
             self._rescan_wanted.clear()
@@ -289,7 +304,7 @@ class Daemon:
         while True:
             period = min(self.config.wake.receipt_ttl_s / 4, 60.0, self.config.rescan_interval_s)
             await asyncio.sleep(max(period, 0.05))
-            await self.receipts.sweep(self.pipeline.stages)
+            await self.receipts.sweep(self.pipeline)
 
     # -- signals, reload, stop ------------------------------------------------
 

@@ -38,7 +38,10 @@ async def escalate(argv: Sequence[str], doc: dict[str, Any], *, timeout_s: float
         _log.critical("escalation_failed", error=f"cannot start: {exc.strerror}", **_ids(doc))
         return False
     try:
-        await asyncio.wait_for(proc.communicate(body), timeout_s)
+        # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the child's
+        # exit (gh-86296), and a sweeper that never sees its cancel hangs the daemon's stop.
+        async with asyncio.timeout(timeout_s):
+            await proc.communicate(body)
     except TimeoutError:
         proc.kill()
         await proc.wait()

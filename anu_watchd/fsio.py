@@ -23,10 +23,12 @@ import contextlib
 import ctypes
 import errno
 import functools
+import math
 import os
 import secrets
 import stat
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,43 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         _discard(tmp)
         raise
     _sync_dir_after(path.parent, repr(path.name))
+
+
+def atomic_write_many(writes: Sequence[tuple[Path, bytes]], *, remove: Sequence[Path] = ()) -> None:
+    """Several atomic writes (then removals) in ONE directory, sharing one directory fsync.
+
+    Each file still goes tmp -> write -> fsync(file) -> rename, in order; the
+    directory is fsynced once, after the last rename or unlink, instead of once
+    per file (the directory fsync is a journal commit: about half of what a
+    durable small file costs). A failure before the first rename leaves no
+    trace; one after it may leave earlier files renamed, not yet durable:
+    callers treat any failure as fatal.
+    """
+    directory = writes[0][0].parent if writes else remove[0].parent
+    if any(p.parent != directory for p, _ in writes) or any(p.parent != directory for p in remove):
+        raise ValueError("atomic_write_many: every path must be in the same directory")
+    temps: list[tuple[Path, Path]] = []
+    current = directory
+    try:
+        for current, data in writes:
+            tmp = directory / temp_name(current.name)
+            fd = os.open(tmp, _WRITE_FLAGS, 0o644)
+            temps.append((tmp, current))
+            _fill(fd, data)
+        for tmp, current in temps:
+            os.rename(tmp, current)
+    except OSError as exc:
+        for tmp, _ in temps:
+            _discard(tmp)
+        raise _not_written(current, exc, "not written") from exc
+    except BaseException:
+        for tmp, _ in temps:
+            _discard(tmp)
+        raise
+    for path in remove:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    _sync_dir_after(directory, f"{len(writes)} writes and {len(remove)} removals")
 
 
 def _fill(fd: int, data: bytes) -> None:
@@ -316,24 +355,38 @@ def remove_durably(path: Path) -> bool:
     return True
 
 
-def remove_stale_temps(directory: Path, *, min_age_s: float = 0.0) -> list[str]:
+def _never(name: str) -> bool:
+    return False
+
+
+def remove_stale_temps(
+    directory: Path, *, min_age_s: float = 0.0, dead_writer: Callable[[str], bool] = _never
+) -> list[str]:
     """Remove our own ``.tmp-*`` regular files left in ``directory`` by a crash.
 
     Nothing else is touched: not other names, not symlinks, FIFOs or
     directories that happen to carry the prefix. ``min_age_s`` spares temp
-    files a live writer may still be about to rename.
+    files a live writer may still be about to rename; temps for which
+    ``dead_writer(name)`` is true go whatever their age (their only writer is
+    the caller's dead predecessor, e.g. the previous holder of the instance lock).
     """
-    stale = _stale_temps(directory, min_age_s)
+    stale = _stale_temps(directory, min_age_s, dead_writer)
     removed = [name for name in stale if _unlink_quietly(directory / name)]
     if removed:
         _sync_dir_after(directory, f"the removal of {len(removed)} temp files")
     return sorted(removed)
 
 
-def _stale_temps(directory: Path, min_age_s: float) -> list[str]:
+def _stale_temps(
+    directory: Path, min_age_s: float, dead_writer: Callable[[str], bool]
+) -> list[str]:
     cutoff = time.time() - min_age_s
     with os.scandir(directory) as it:
-        return [e.name for e in it if is_temp_name(e.name) and _is_old_file(e, cutoff)]
+        return [
+            e.name
+            for e in it
+            if is_temp_name(e.name) and _is_old_file(e, math.inf if dead_writer(e.name) else cutoff)
+        ]
 
 
 def _is_old_file(entry: os.DirEntry[str], cutoff: float) -> bool:

@@ -38,19 +38,34 @@ _SIDECAR_MAX_BYTES = 65_536
 
 
 def quarantine(
-    path: Path, qdir: Path, reason: QuarantineReason, detail: str, *, now: datetime
+    path: Path,
+    qdir: Path,
+    reason: QuarantineReason,
+    detail: str,
+    *,
+    now: datetime,
+    as_name: str | None = None,
 ) -> Path:
     """Move ``path`` into ``qdir`` with a reason sidecar; return where it went.
 
-    ``now`` must be timezone-aware. Raises InputVanishedError if ``path`` is
-    gone, and fsio's write errors if the move or the sidecar is not durable.
+    ``as_name`` replaces the file's own name in the quarantine (and its
+    ``original_path``): for a name that itself must not be repeated anywhere,
+    such as one holding the sealed key. ``now`` must be timezone-aware.
+    Raises InputVanishedError if ``path`` is gone, and fsio's write errors if
+    the move or the sidecar is not durable.
     """
     fsio.ensure_dir(qdir)
-    dest = _move_in(path, qdir, now.astimezone(UTC).strftime(_STAMP_FORMAT))
+    stamp = now.astimezone(UTC).strftime(_STAMP_FORMAT)
+    dest = _move_in(path, qdir, stamp, as_name or path.name)
+    original = (
+        os.path.abspath(path)
+        if as_name is None
+        else os.path.join(os.path.abspath(path.parent), as_name)
+    )
     doc = {
         "reason": str(reason),
         "detail": detail,
-        "original_path": os.path.abspath(path),
+        "original_path": original,
         "ts": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     }
     body = json.dumps(doc, sort_keys=True).encode() + b"\n"
@@ -62,8 +77,8 @@ def sidecar_path(entry: Path) -> Path:
     return entry.with_name(entry.name + SIDECAR_SUFFIX)
 
 
-def _move_in(path: Path, qdir: Path, stamp: str) -> Path:
-    base = _clip(path.name)
+def _move_in(path: Path, qdir: Path, stamp: str, name: str) -> Path:
+    base = _clip(name)
     for n in range(_MAX_COLLISIONS):
         dest = qdir / (f"{base}.{stamp}" + (f"-{n}" if n else ""))
         try:

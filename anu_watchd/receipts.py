@@ -5,12 +5,19 @@ written *before* its escalation runs, so a restart never escalates twice
 (at most once; a crash between the two loses that one escalation, and the
 envelope and the log still say TIMED_OUT). A lost ack event costs nothing:
 the sweep looks for the ``.pickup.acked`` file before it times anything out.
+
+An ack answers one wake. The pipeline removes a leftover ack before it
+registers a new wake of the same task (a rewritten result), and the sweep
+tells wakes apart by their done marker: it acts only on the envelope whose
+idempotency key is the marker's, so a sweep that runs between the pipeline's
+marker and envelope writes waits for the envelope instead of settling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,10 +28,9 @@ from anu_watchd import envelope, fsio, markers
 from anu_watchd.errors import EnvelopeError
 from anu_watchd.escalate import escalate
 from anu_watchd.markers import ACKED_SUFFIX, DONE_SUFFIX, TaskFiles
-from anu_watchd.pipeline import Stages, _durable, iso
+from anu_watchd.pipeline import Pipeline, Stages, _durable, iso
 
 _log = structlog.get_logger("anu_watchd.receipts")
-SETTLED = (str(envelope.ReceiptStatus.RECEIVED), str(envelope.ReceiptStatus.TIMED_OUT))
 
 
 def _read_envelope(path: Path) -> dict[str, Any] | None:
@@ -50,49 +56,100 @@ async def mark_received(events_dir: Path, task_id: str) -> bool:
     return True
 
 
-def _unacked_done(events_dir: Path) -> tuple[list[str], set[str]]:
-    names = set(os.listdir(events_dir))
-    done = [n[: -len(DONE_SUFFIX)] for n in names if n.endswith(DONE_SUFFIX)]
-    acked = {n[: -len(ACKED_SUFFIX)] for n in names if n.endswith(ACKED_SUFFIX)}
-    return sorted(done), acked
+def _done_and_acked(events_dir: Path) -> tuple[dict[str, int], set[str]]:
+    """Task ids with a done marker (and that marker's inode), and task ids with an ack."""
+    done: dict[str, int] = {}
+    acked: set[str] = set()
+    with os.scandir(events_dir) as it:
+        for entry in it:  # inode() comes from the listing itself: no stat per marker
+            if entry.name.endswith(DONE_SUFFIX):
+                done[entry.name[: -len(DONE_SUFFIX)]] = entry.inode()
+            elif entry.name.endswith(ACKED_SUFFIX):
+                acked.add(entry.name[: -len(ACKED_SUFFIX)])
+    return done, acked
+
+
+def _current_envelope(files: TaskFiles) -> dict[str, Any] | None:
+    """The stored envelope, only once it is the one for the wake the done marker settles.
+
+    The pipeline writes the done marker before the envelope, so for a moment
+    the file is missing, or still the previous wake's (a rewritten result).
+    """
+    env = _read_envelope(files.envelope)
+    if env is None:
+        return None
+    marker = markers.read_json(files.done)
+    if marker is None or marker.get("idempotency_key") != env.get("idempotency_key"):
+        return None
+    return env
 
 
 class ReceiptWatch:
-    """Sweeps delivered wakes for acks and timeouts; remembers what it has settled."""
+    """Sweeps delivered wakes for acks and timeouts; remembers the wakes it has settled.
+
+    A wake is known by its done marker's inode: every new wake of a task
+    replaces the marker with a new file, so a rewritten result is swept
+    afresh, while a settled one costs nothing but its directory entry.
+    """
 
     def __init__(self) -> None:
-        self._settled: set[str] = set()
+        self._settled: dict[str, int] = {}
 
-    async def sweep(self, stages: Stages) -> int:
-        """One pass; returns how many envelopes changed."""
+    async def sweep(self, pipeline: Pipeline) -> int:
+        """One pass; returns how many envelopes changed.
+
+        Each task is swept under the pipeline's lock for it, so a receipt write never
+        races the pipeline writing a new wake's envelope for the same task.
+        """
+        stages = pipeline.stages
         events_dir = stages.config.spool.events_dir
-        done, acked = await asyncio.to_thread(_unacked_done, events_dir)
+        done, acked = await asyncio.to_thread(_done_and_acked, events_dir)
         changed = 0
-        for task_id in done:
-            if task_id in self._settled:
+        for task_id, inode in sorted(done.items()):
+            if self._settled.get(task_id) == inode:
                 continue
-            if task_id in acked:
-                changed += await mark_received(events_dir, task_id)
-                self._settled.add(task_id)
-            else:
-                changed += await self._maybe_time_out(stages, TaskFiles(events_dir, task_id))
+            files = TaskFiles(events_dir, task_id)
+            async with pipeline.task_lock(task_id):
+                wrote, settled = await self._sweep_one(stages, files, acked=task_id in acked)
+            changed += wrote
+            if settled:
+                self._settled[task_id] = inode
         return changed
 
-    async def _maybe_time_out(self, stages: Stages, files: TaskFiles) -> bool:
-        env = await asyncio.to_thread(_read_envelope, files.envelope)
-        if env is None or env.get("collector_receipt_status") in SETTLED:
-            self._settled.add(files.task_id)
-            return False
-        now = stages.clock()
-        if not _expired(env.get("registered_at_ts"), now, stages.config.wake.receipt_ttl_s):
-            return False
+    async def _sweep_one(
+        self, stages: Stages, files: TaskFiles, *, acked: bool
+    ) -> tuple[bool, bool]:
+        """``(changed, settled)`` for one delivered wake."""
+        env = await asyncio.to_thread(_current_envelope, files)
+        if env is None:
+            return False, False  # not stored yet for this wake: look again next sweep
+        receipt = env.get("collector_receipt_status")
+        if acked and receipt != envelope.ReceiptStatus.RECEIVED:
+            return await mark_received(files.events_dir, files.task_id), True
+        if receipt != envelope.ReceiptStatus.UNCONFIRMED:
+            return False, True
+        if not _expired(
+            env.get("registered_at_ts"), stages.clock(), stages.config.wake.receipt_ttl_s
+        ):
+            return False, False
+        return await self._time_out(stages, files, env), True
+
+    async def _time_out(self, stages: Stages, files: TaskFiles, env: dict[str, Any]) -> bool:
         try:
             body = envelope.encode(envelope.timed_out(env))
         except EnvelopeError:
-            self._settled.add(files.task_id)
             return False
+        # Once TIMED_OUT is durable no restart escalates again, so a stop (a cancellation)
+        # that arrives from here on waits for the escalation instead of losing it.
+        await _see_through(self._record_and_escalate(stages, files, env, body))
+        return True
+
+    async def _record_and_escalate(
+        self, stages: Stages, files: TaskFiles, env: dict[str, Any], body: bytes
+    ) -> None:
+        if not stages.ledger.healthy:
+            return  # the daemon is failing stop: nothing more is written or sent
         await _durable(fsio.atomic_write, files.envelope, body)
-        self._settled.add(files.task_id)
         _log.critical(
             "receipt_timed_out", task_id=files.task_id, idempotency_key=env.get("idempotency_key")
         )
@@ -107,11 +164,25 @@ class ReceiptWatch:
                 "error": None,
                 "attempts": marker.get("attempts"),
                 "idempotency_key": env.get("idempotency_key"),
-                "ts": iso(now),
+                "ts": iso(stages.clock()),
             },
             timeout_s=wake.timeout_s,
         )
-        return True
+
+
+async def _see_through(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile, then re-raise.
+
+    Bounded by ``work`` itself (the escalation's timeout). A second cancellation
+    (the loop shutting down after a fatal error) is not held up.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        task.result()  # a failure of its own (a DurabilityError) wins over the cancellation
+        raise
 
 
 def _expired(registered_at: object, now: datetime, ttl_s: float) -> bool:

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from anu_watchd.appendlog import AppendLog
 from anu_watchd.config import Config
+from anu_watchd.errors import DurabilityError
 from anu_watchd.ledger import Ledger
 from anu_watchd.pipeline import Pipeline, Stages
 from anu_watchd.secret import SealedKey
@@ -60,6 +61,11 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
                 rules=rules_for(config, key),
             )
         )
+    except DurabilityError as exc:
+        # Fail-stop (SPEC section 7): lines other runs queued are dropped, not flushed.
+        ledger.halt(exc)
+        evidence.halt(exc)
+        raise
     finally:
         await sink.aclose()
         await evidence.aclose()

@@ -130,8 +130,10 @@ async def recover(pipeline: Pipeline) -> list[Outcome]:
     paths = [TaskFiles(spool.events_dir, e.task_id).result for e in unfinished]
     if paths:
         _log.warning("refiring_in_flight", count=len(paths))
+    # scan=True: an unfinished entry has no marker for the current file, so it runs; a
+    # superseded one (the result was rewritten since) is settled and skipped silently.
     return await run_all(
-        pipeline, paths, concurrency=pipeline.stages.config.wake.concurrency, scan=False
+        pipeline, paths, concurrency=pipeline.stages.config.wake.concurrency, scan=True
     )
 
 

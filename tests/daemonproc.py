@@ -130,6 +130,8 @@ class DaemonProc:
                 self.proc.kill()
         code = self.proc.wait(10)
         self.sock.close()
+        # Leave the path free so a test can start the daemon again on the same spool.
+        self.sock_path.unlink(missing_ok=True)
         return code
 
     def log_text(self) -> str:

@@ -35,9 +35,11 @@ def _done(spool: Spool, task_id: str) -> bool:
 def test_ready_then_a_dropped_file_is_woken(spool: Spool, daemon: DaemonProc) -> None:
     """After READY=1 a result dropped by a worker is woken once, with marker and envelope."""
     spool.drop("task-1")
-    wait_for(lambda: _done(spool, "task-1"), 20, "task-1 done marker")
+    envelope_file = spool.events / "task-1.callback-envelope.json"
+    # The envelope is the last file a wake writes; the marker comes before it.
+    wait_for(lambda: _done(spool, "task-1") and envelope_file.exists(), 20, "marker and envelope")
     assert [e["state"] for e in spool.ledger_lines()] == ["CLAIMED", "DONE"]
-    env = json.loads((spool.events / "task-1.callback-envelope.json").read_text())
+    env = json.loads(envelope_file.read_text())
     assert env["registration_result_status"] == "REGISTERED"
     assert env["cron_schedule_id"]
 

@@ -74,17 +74,21 @@ def test_rewritten_result_with_new_bytes_is_woken_again(spool: Spool) -> None:
     assert len(done) == 2 and done[0]["key"] != done[1]["key"]
 
 
-def test_same_bytes_again_are_skipped_and_a_lost_marker_is_repaired(spool: Spool) -> None:
-    """pickup of an already-woken result says PICKUP_SKIP and rewrites a deleted marker."""
+def test_same_bytes_again_are_skipped_and_lost_projections_are_rebuilt(spool: Spool) -> None:
+    """pickup of a woken result says PICKUP_SKIP and rebuilds a deleted marker and envelope."""
     path = spool.drop("task-1")
     spool.cli("scan", "--once")
+    envelope_file = spool.events / "task-1.callback-envelope.json"
+    original_envelope = json.loads(envelope_file.read_text())
     (spool.events / "task-1.pickup.done").unlink()
+    envelope_file.unlink()
     res = spool.cli("pickup", str(path), "--json")
     assert res.returncode == 0, res.stderr
     assert json_lines(res.stdout)[0]["verdict"] == "PICKUP_SKIP"
     marker = spool.marker("task-1")
     assert marker is not None and marker["inode"] == path.stat().st_ino
     assert sum(e["state"] == "DONE" for e in spool.ledger_lines()) == 1
+    assert json.loads(envelope_file.read_text()) == original_envelope
 
 
 def test_ledger_survives_a_torn_last_line(spool: Spool) -> None:
