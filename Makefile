@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench soak clean
+.PHONY: run test lint typecheck bench soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,15 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q
+
+# A longer reliability campaign than `make test` runs (about 3 minutes more).
+soak: $(STAMP)
+	ANU_CRASH_RESULTS=10000 ANU_CRASH_KILLS=60 ANU_HOSTILE_EXAMPLES=400 \
+		$(BIN)/python -m pytest -q -s tests/reliability
+	for i in 1 2 3 4 5; do \
+		$(BIN)/python -m pytest -q tests/reliability/test_fsync_failure.py \
+			tests/reliability/test_disk_full.py || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .mypy_cache .pytest_cache .ruff_cache
