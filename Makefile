@@ -23,13 +23,22 @@ run: $(STAMP)
 	$(BIN)/anu-watchd --config var/anu-watchd.toml run
 
 lint: $(STAMP)
-	$(BIN)/ruff check anu_watchd tests scripts
+	$(BIN)/ruff check anu_watchd tests scripts bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict anu_watchd
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# Side-by-side benchmarks against the peers (about 16 minutes); writes bench/RESULTS.md.
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py
 
 # A longer reliability campaign than `make test` runs (about 3 minutes more).
 soak: $(STAMP)

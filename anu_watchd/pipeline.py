@@ -249,9 +249,10 @@ class Pipeline:
         if not cfg.wake.activated:
             return await self._not_activated(run, path, result, sha, key, env)
         attempt = prior.attempt + 1 if prior is not None else 1
-        if prior is None:
+        if prior is None and files.acked.exists():
             # A new wake of this task (new bytes): an ack already here answered an earlier one.
-            await _durable(_remove_if_present, files.acked)
+            # Checked inline (one lstat): a thread hop on every wake's latency path costs more.
+            await _durable(fsio.remove_durably, files.acked)
         claimed = self._entry(run, four, LedgerState.CLAIMED, attempt)
         await run.st.ledger.record(claimed)
         try:
@@ -550,11 +551,6 @@ def _read_unless_settled(
 
 def _name_holds_key(name: str, key: bytes | None) -> bool:
     return bool(key) and key is not None and key in os.fsencode(name)
-
-
-def _remove_if_present(path: Path) -> None:
-    if path.exists():
-        fsio.remove_durably(path)
 
 
 async def _durable(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -1,0 +1,1 @@
+"""The benchmark: anu-watchd and its peers, measured side by side (``python bench/run.py``)."""

@@ -1,0 +1,319 @@
+"""The systems under test, each a real process (or process group) started on a fresh spool.
+
+    AnuDaemon("log")   python -m anu_watchd run, log sink, activated, fully durable
+    AnuDaemon("exec")  the same with the exec sink running bench/handler.sh per wake
+    Script(...)        a baseline from bench/baselines/, running bench/handler.sh per file
+
+Every system reports the same thing: one ``(task_id, start_ns)`` per handler
+start (a wake), its peak RSS (VmHWM, summed over the watcher's own processes;
+the short-lived handler processes are not the watcher's memory), and a cheap
+``progress()`` count the runner polls to know when the system has drained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import attrs
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+HANDLER = BENCH / "handler.sh"
+HANDLER_COMM = HANDLER.name[:15]  # /proc/PID/comm of a script run through its shebang
+READY_TIMEOUT_S = 60.0
+
+
+@attrs.frozen
+class Stopped:
+    """What a system left behind once stopped."""
+
+    wakes: list[tuple[str, int]]  # (task_id, handler start in ns since the epoch), in order
+    peak_rss_kib: int
+
+
+class LineCounter:
+    """Counts complete lines (containing ``needle``) of a file that only grows; incremental."""
+
+    def __init__(self, path: Path, needle: bytes | None = None) -> None:
+        self.path = path
+        self.needle = needle
+        self._offset = 0
+        self._tail = b""
+        self.count = 0
+
+    def poll(self) -> int:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return self.count
+        self._offset += len(data)
+        data = self._tail + data
+        cut = data.rfind(b"\n") + 1
+        whole, self._tail = data[:cut], data[cut:]
+        if self.needle is None:
+            self.count += whole.count(b"\n")
+        else:
+            self.count += whole.count(self.needle)
+        return self.count
+
+
+# -- /proc helpers ------------------------------------------------------------------
+
+
+def proc_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM); 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of a process group, handler processes excluded."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                comm, rest = fh.read().split(" (", 1)[1].rsplit(")", 1)
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(rest.split()[2]) == pgid and comm != HANDLER_COMM:
+            pids.append(int(entry))
+    return pids
+
+
+def wait_for_text(path: Path, text: bytes, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            if text in path.read_bytes():
+                return
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode} before it was ready: {tail(path)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {READY_TIMEOUT_S:g}s: {tail(path)}")
+        time.sleep(0.05)
+
+
+def tail(path: Path, n: int = 800) -> str:
+    try:
+        return path.read_bytes()[-n:].decode(errors="replace")
+    except FileNotFoundError:
+        return "(no output)"
+
+
+def epoch_ns(text: str) -> int:
+    """Nanoseconds from ``$EPOCHREALTIME`` (``1795322470.021698``), without float rounding."""
+    sec, _, frac = text.partition(".")
+    return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def iso_ns(text: str) -> int:
+    """Nanoseconds from a ``…T…Z`` timestamp with microseconds."""
+    dt = datetime.fromisoformat(text)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def read_handler_log(path: Path) -> list[tuple[str, int]]:
+    out = []
+    for line in path.read_text().splitlines():
+        name, _, stamp = line.rpartition(" ")
+        if name:
+            out.append((name, epoch_ns(stamp)))
+    return out
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, group: bool, timeout: float) -> None:
+    """SIGTERM (the group, for the baselines), then SIGKILL whatever is left."""
+    if proc.poll() is None:
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # handlers or a pipeline stage still running
+
+
+# -- anu-watchd -----------------------------------------------------------------------
+
+
+class AnuDaemon:
+    """The real daemon as a subprocess; its JSON log (stdout) goes to a file, as to journald."""
+
+    def __init__(self, sink: str, *, concurrency: int | None = None) -> None:
+        self.sink = sink
+        self.concurrency = concurrency
+        tuned = f", concurrency {concurrency}" if concurrency else ""
+        self.name = f"anu-watchd ({sink} sink{tuned})"
+        self.key = f"anu-{sink}" + (f"-c{concurrency}" if concurrency else "")
+
+    def start(self, root: Path) -> None:
+        self.root = root
+        self.events_dir = root / "memory" / "events"
+        self.events_dir.mkdir(parents=True)
+        (root / "memory" / "state").mkdir()
+        (root / "memory" / "state" / "p0b_driver_enabled").write_text("true\n")
+        self.handler_log = root / "handler.log"
+        self.handler_log.touch()
+        self.config = self._write_config(root)
+        self.log_path = root / "daemon.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("NOTIFY_SOCKET", None)
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "anu_watchd", "--config", str(self.config), "run"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
+            )
+        wait_for_text(self.log_path, b'"rescan_started"', self.proc, self.name)
+        self.idle_rss_kib = proc_kib(self.proc.pid, "VmRSS")
+        if self.sink == "exec":
+            self._progress = LineCounter(self.handler_log)
+        else:
+            self._progress = LineCounter(self.events_dir / "p0b_driver_runs.jsonl", b'"WAKE_BUILT"')
+
+    def _write_config(self, root: Path) -> Path:
+        key_file = root / "anu-key"
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, secrets.token_hex(24).encode() + b"\n")
+        os.close(fd)
+        exec_argv = json.dumps([str(HANDLER), str(self.handler_log)])
+        config = root / "anu-watchd.toml"
+        config.write_text(
+            f'root = "{root}"\n'
+            '[spool]\ncollector = "anu"\nexecutors = ["dev1"]\n'
+            f'[wake]\nactivated = true\nsink = "{self.sink}"\n'
+            + (f"concurrency = {self.concurrency}\n" if self.concurrency else "")
+            + f"[wake.exec]\nargv = {exec_argv}\n"
+            f'[key]\nfile = "{key_file}"\n'
+            '[log]\nlevel = "info"\n'
+        )
+        return config
+
+    def progress(self) -> int:
+        return self._progress.poll()
+
+    def stop(self) -> Stopped:
+        peak = proc_kib(self.proc.pid, "VmHWM")
+        stop_process(self.proc, group=False, timeout=60)
+        wakes = self._exec_wakes() if self.sink == "exec" else self._logged_wakes()
+        return Stopped(wakes=wakes, peak_rss_kib=peak)
+
+    def _logged_wakes(self) -> list[tuple[str, int]]:
+        """The log sink's wake is its ``wake_logged`` line: its timestamp is the handler start."""
+        out = []
+        with open(self.log_path, "rb") as fh:
+            for line in fh:
+                if b'"wake_logged"' in line:
+                    doc = json.loads(line)
+                    out.append((doc["envelope"]["task_id"], iso_ns(doc["timestamp"])))
+        return out
+
+    def _exec_wakes(self) -> list[tuple[str, int]]:
+        """The handler logged the idempotency key; the ledger maps each key to its task."""
+        task_of = {}
+        ledger = self.events_dir / "callback_4tuple_index.jsonl"
+        if ledger.exists():
+            with open(ledger, "rb") as fh:
+                for line in fh:
+                    doc = json.loads(line)
+                    task_of[doc["key"]] = doc["task_id"]
+        return [(task_of.get(k, k), ns) for k, ns in read_handler_log(self.handler_log)]
+
+
+# -- the baselines ------------------------------------------------------------------
+
+
+class Script:
+    """A baseline watcher from bench/baselines/, in its own process group."""
+
+    def __init__(self, key: str, name: str, argv: list[str], ready: bytes) -> None:
+        self.key = key
+        self.name = name
+        self.argv = argv
+        self.ready = ready
+        self.idle_rss_kib = 0
+
+    def start(self, root: Path) -> None:
+        self.events_dir = root / "events"
+        self.events_dir.mkdir(parents=True)
+        self.handler_log = root / "handler.log"
+        self.handler_log.touch()
+        self.out = root / "watcher.out"
+        argv = [*self.argv, str(self.events_dir), str(HANDLER), str(self.handler_log)]
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+            )
+        wait_for_text(self.out, self.ready, self.proc, self.name)
+        self.idle_rss_kib = sum(proc_kib(p, "VmRSS") for p in group_pids(self.proc.pid))
+        self._progress = LineCounter(self.handler_log)
+
+    def progress(self) -> int:
+        return self._progress.poll()
+
+    def stop(self) -> Stopped:
+        peak = sum(proc_kib(p, "VmHWM") for p in group_pids(self.proc.pid))
+        stop_process(self.proc, group=True, timeout=15)
+        wakes = [
+            (n.removesuffix(".result.json"), ns) for n, ns in read_handler_log(self.handler_log)
+        ]
+        return Stopped(wakes=wakes, peak_rss_kib=peak)
+
+
+def baselines() -> list[Script]:
+    py = sys.executable
+    return [
+        Script(
+            "inotifywait",
+            "inotifywait -m loop",
+            [str(BENCH / "baselines" / "inotifywait_loop.sh")],
+            b"Watches established.",
+        ),
+        Script(
+            "watchdog",
+            "Python watchdog observer",
+            [py, str(BENCH / "baselines" / "watchdog_observer.py")],
+            b"ready",
+        ),
+        Script("poll", "1 s poll loop", [py, str(BENCH / "baselines" / "poll_loop.py")], b"ready"),
+    ]
+
+
+def all_systems() -> list[AnuDaemon | Script]:
+    return [AnuDaemon("log"), AnuDaemon("exec"), *baselines()]
