@@ -4,7 +4,8 @@ Start-up follows SPEC section 8 in order: config, key, lock, ledger
 recovery, watches, READY=1, then the reconcile scan (the watch is armed
 first, so nothing written during the scan is missed; dedupe absorbs the
 overlap). Every pipeline run goes through one bounded queue and a fixed
-pool of ``wake.concurrency`` workers: when they fall behind, intake stops
+pool of ``RUNS_IN_FLIGHT`` workers (their sink calls bounded by
+``wake.concurrency``): when they fall behind, intake stops
 reading, the kernel queue overflows, and the overflow becomes a rescan —
 backpressure with bounded memory instead of an unbounded queue.
 
@@ -35,7 +36,7 @@ from anu_watchd.intake import Intake, IntakeEvent, Kind, filesystem_type, is_net
 from anu_watchd.locks import InstanceLock
 from anu_watchd.markers import encode_json
 from anu_watchd.notify import Notifier, watchdog_loop
-from anu_watchd.pipeline import Pipeline, is_enabled, iso, utc_now
+from anu_watchd.pipeline import RUNS_IN_FLIGHT, Pipeline, is_enabled, iso, utc_now
 from anu_watchd.receipts import ReceiptWatch, mark_received
 from anu_watchd.reload import reload_status_path
 from anu_watchd.retry import consume_retry
@@ -136,9 +137,9 @@ class Daemon:
         return intake
 
     def _start_tasks(self) -> None:
-        n = self.config.wake.concurrency
         # Spawned like every other task: a worker's DurabilityError must stop the daemon.
-        self._workers = [self._spawn(self._worker(), f"worker-{i}") for i in range(n)]
+        # Sink calls are bounded by wake.concurrency inside the pipeline, not here.
+        self._workers = [self._spawn(self._worker(), f"worker-{i}") for i in range(RUNS_IN_FLIGHT)]
         self._tasks = [
             self._spawn(self._intake_reader(), "intake"),
             self._spawn(self._rescanner(), "rescanner"),
@@ -176,6 +177,7 @@ class Daemon:
         stages = self.pipeline.stages
         stages.ledger.halt(exc)
         stages.evidence.halt(exc)
+        stages.projections.halt(exc)
         for task in (*self._workers, *self._tasks):
             task.cancel()
 

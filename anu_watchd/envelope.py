@@ -445,11 +445,12 @@ def encode(env: Envelope) -> bytes:
     if problems:
         raise EnvelopeError("inconsistent envelope: " + "; ".join(problems))
     canon = {k: env[k] for k in KEY_ORDER}
+    body = _dump(canon)
     for field, tail in TRUNCATABLE:
-        if len(_dump(canon)) <= MAX_ENVELOPE_BYTES:
+        if len(body) <= MAX_ENVELOPE_BYTES:
             break
         canon = _fit_field(canon, field, tail=tail)
-    body = _dump(canon)
+        body = _dump(canon)
     if len(body) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(
             f"envelope for {env['task_id']} is {len(body)} bytes after truncating summary, "

@@ -27,6 +27,7 @@ import math
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -118,52 +119,79 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     _sync_dir_after(path.parent, repr(path.name))
 
 
-def atomic_write_many(writes: Sequence[tuple[Path, bytes]], *, remove: Sequence[Path] = ()) -> None:
-    """Several atomic writes (then removals) in ONE directory, sharing one directory fsync.
+def atomic_write_many(
+    writes: Sequence[tuple[Path, bytes]],
+    *,
+    remove: Sequence[Path] = (),
+    halted: threading.Event | None = None,
+) -> None:
+    """Several atomic writes (then removals) made durable together: a group commit.
 
-    Each file still goes tmp -> write -> fsync(file) -> rename, in order; the
-    directory is fsynced once, after the last rename or unlink, instead of once
-    per file (the directory fsync is a journal commit: about half of what a
-    durable small file costs). A failure before the first rename leaves no
-    trace; one after it may leave earlier files renamed, not yet durable:
-    callers treat any failure as fatal.
+    Each file still goes tmp -> write -> fsync(file) -> rename; the renames
+    happen in the order given, after every file is durable, and every
+    directory touched is fsynced once, after the last rename or unlink in it
+    (a directory fsync is a journal commit: about half of what a durable small
+    file costs). A failure before the first rename leaves no trace; one after
+    it may leave earlier files renamed, not yet durable: callers treat any
+    failure as fatal. ``halted`` (set by another thread after a fatal error
+    elsewhere) stops the batch before its next fsync or rename.
     """
-    directory = writes[0][0].parent if writes else remove[0].parent
-    if any(p.parent != directory for p, _ in writes) or any(p.parent != directory for p in remove):
-        raise ValueError("atomic_write_many: every path must be in the same directory")
-    temps: list[tuple[Path, Path]] = []
-    current = directory
+    temps: list[tuple[Path, Path, int]] = []
+    current = writes[0][0] if writes else Path()
     try:
         for current, data in writes:
-            tmp = directory / temp_name(current.name)
+            tmp = current.parent / temp_name(current.name)
             fd = os.open(tmp, _WRITE_FLAGS, 0o644)
-            temps.append((tmp, current))
-            _fill(fd, data)
-        for tmp, current in temps:
+            temps.append((tmp, current, fd))
+            _write_all(fd, data)
+        for i, (tmp, current, fd) in enumerate(temps):
+            _check_halted(halted)
+            fsync(fd)
+            os.close(fd)
+            temps[i] = (tmp, current, -1)
+        for tmp, current, _ in temps:
+            _check_halted(halted)
             os.rename(tmp, current)
     except OSError as exc:
-        for tmp, _ in temps:
-            _discard(tmp)
+        _abandon(temps)
         raise _not_written(current, exc, "not written") from exc
     except BaseException:
-        for tmp, _ in temps:
-            _discard(tmp)
+        _abandon(temps)
         raise
     for path in remove:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    _sync_dir_after(directory, f"{len(writes)} writes and {len(remove)} removals")
+    dirs = dict.fromkeys([p.parent for p, _ in writes] + [p.parent for p in remove])
+    for directory in dirs:
+        _sync_dir_after(directory, f"{len(writes)} writes and {len(remove)} removals")
+
+
+def _check_halted(halted: threading.Event | None) -> None:
+    if halted is not None and halted.is_set():
+        raise OSError(errno.ECANCELED, "halted after a fatal error elsewhere")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # cannot happen on a regular file, but never spin on it
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[n:]
+
+
+def _abandon(temps: list[tuple[Path, Path, int]]) -> None:
+    for tmp, _, fd in temps:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _discard(tmp)
 
 
 def _fill(fd: int, data: bytes) -> None:
     """Write all of ``data``, fsync, close; the descriptor is closed whatever happens."""
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            if n <= 0:  # cannot happen on a regular file, but never spin on it
-                raise OSError(errno.EIO, "write made no progress")
-            view = view[n:]
+        _write_all(fd, data)
         fsync(fd)
     finally:
         os.close(fd)

@@ -15,6 +15,7 @@ from anu_watchd.config import Config
 from anu_watchd.errors import DurabilityError
 from anu_watchd.ledger import Ledger
 from anu_watchd.pipeline import Pipeline, Stages
+from anu_watchd.projections import ProjectionWriter
 from anu_watchd.secret import SealedKey
 from anu_watchd.sinks import build_sink
 from anu_watchd.validate import Rules
@@ -51,6 +52,7 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
     ledger = Ledger.open(config.spool.ledger)
     evidence = AppendLog.open(config.spool.evidence_log)
     sink = build_sink(config, key)
+    projections = ProjectionWriter()
     try:
         yield Pipeline(
             Stages(
@@ -59,12 +61,14 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
                 evidence=evidence,
                 sink=sink,
                 rules=rules_for(config, key),
+                projections=projections,
             )
         )
     except DurabilityError as exc:
         # Fail-stop (SPEC section 7): lines other runs queued are dropped, not flushed.
         ledger.halt(exc)
         evidence.halt(exc)
+        projections.halt(exc)
         raise
     finally:
         await sink.aclose()

@@ -28,7 +28,7 @@ from anu_watchd.markers import (
     TaskFiles,
 )
 from anu_watchd.model import TASK_ID_RE, Outcome
-from anu_watchd.pipeline import Pipeline, _durable, is_enabled, is_result_name
+from anu_watchd.pipeline import RUNS_IN_FLIGHT, Pipeline, _durable, is_enabled, is_result_name
 from anu_watchd.retry import consume_retry
 
 _log = structlog.get_logger("anu_watchd.scan")
@@ -90,9 +90,7 @@ async def reconcile(pipeline: Pipeline) -> list[Outcome]:
     """One pass over the events directory; settled files are skipped silently."""
     spool = pipeline.stages.config.spool
     paths = await asyncio.to_thread(list_results, spool.events_dir, spool.result_glob)
-    outcomes = await run_all(
-        pipeline, paths, concurrency=pipeline.stages.config.wake.concurrency, scan=True
-    )
+    outcomes = await run_all(pipeline, paths, concurrency=RUNS_IN_FLIGHT, scan=True)
     _log.info("scan_finished", listed=len(paths), ran=len(outcomes))
     return outcomes
 
@@ -132,9 +130,7 @@ async def recover(pipeline: Pipeline) -> list[Outcome]:
         _log.warning("refiring_in_flight", count=len(paths))
     # scan=True: an unfinished entry has no marker for the current file, so it runs; a
     # superseded one (the result was rewritten since) is settled and skipped silently.
-    return await run_all(
-        pipeline, paths, concurrency=pipeline.stages.config.wake.concurrency, scan=True
-    )
+    return await run_all(pipeline, paths, concurrency=RUNS_IN_FLIGHT, scan=True)
 
 
 async def _rebuild_markers(pipeline: Pipeline) -> None:

@@ -134,3 +134,16 @@ async def test_a_bug_in_a_sink_is_neither_retried_nor_disguised() -> None:
             sink, ENVELOPE, idempotency_key=IK, policy=RetryPolicy(), sleep=RecordingSleep()
         )
     assert len(sink.calls) == 1
+
+
+async def test_each_wait_is_exponential_in_its_attempt_with_bounded_jitter() -> None:
+    """The wait after attempt n is initial * 2**(n-1) plus at most one initial of jitter."""
+    policy = RetryPolicy(attempts=6, initial_s=1.0, max_s=100.0)
+    sleep = RecordingSleep()
+    with pytest.raises(WakeFailed):
+        await register_with_retries(
+            AlwaysTransientSink([]), ENVELOPE, idempotency_key=IK, policy=policy, sleep=sleep
+        )
+    for n, wait in enumerate(sleep.waits, start=1):
+        base = policy.initial_s * 2 ** (n - 1)
+        assert base <= wait <= base + policy.initial_s, (n, wait)

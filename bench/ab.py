@@ -1,0 +1,73 @@
+"""A quick A/B of the daemon alone: one burst, drain rate and CPU per file.
+
+    .venv/bin/python -m bench.ab --sink log --files 2000 --rounds 3 [--concurrency N]
+
+Not part of ``make bench``: it is the loop used while changing the daemon,
+so that a before and an after can be interleaved on the same disk and CPU
+noise. Each round is a fresh spool under ``--workdir`` (left in place: a
+mass deletion slows file creation nearby, see ``bench/run.py``). It reports, per round, files/s
+from the first rename to the last wake, and the daemon's CPU (user +
+system, all threads, from /proc) per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import floor, produce, systems
+
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def one_round(root: Path, sink: str, n: int, concurrency: int | None) -> tuple[float, float]:
+    daemon = systems.AnuDaemon(sink, concurrency=concurrency)
+    daemon.start(root)
+    staging = root / "staging"
+    ids = produce.task_ids("ab", n)
+    produce.stage(staging, ids)
+    cpu0 = systems.proc_cpu_ticks(daemon.proc.pid)
+    t0 = time.monotonic()
+    produce.burst(staging, daemon.events_dir, ids)
+    deadline = t0 + 600
+    while daemon.progress() < n:
+        if time.monotonic() > deadline or daemon.proc.poll() is not None:
+            daemon.stop()
+            raise SystemExit(f"ab: {daemon.progress()} of {n} handled by the deadline")
+        time.sleep(0.02)
+    wall = time.monotonic() - t0
+    cpu = (systems.proc_cpu_ticks(daemon.proc.pid) - cpu0) * TICK_S
+    stopped = daemon.stop()
+    if len(stopped.wakes) != n or len({t for t, _ in stopped.wakes}) != n:
+        raise SystemExit(f"ab: {len(stopped.wakes)} wakes for {n} files")
+    return n / wall, cpu / n * 1000.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sink", default="log", choices=["log", "exec"])
+    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int)
+    ap.add_argument(
+        "--workdir", default="/var/tmp", help="a part of the disk with no recent mass deletion"
+    )
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="anu-ab-", dir=args.workdir))
+    # ~20 us on a quiet ext4; far more right after a mass deletion nearby (bench/run.py).
+    print(f"empty-file create: {floor.create_probe(work / 'probe'):.0f} us")
+    for i in range(args.rounds):
+        rate, cpu_ms = one_round(work / f"r{i}", args.sink, args.files, args.concurrency)
+        print(f"{args.sink} {args.files}: {rate:,.0f} files/s, {cpu_ms:.2f} ms CPU/file")
+    # Not deleted here: a mass deletion slows the next run's file creations nearby.
+    print(f"spools left in {work}; remove them when done comparing")
+
+
+if __name__ == "__main__":
+    main()
