@@ -313,16 +313,19 @@ def _shape_problems(env: Any) -> list[str]:
     return problems or _value_problems(env)
 
 
+# The closed vocabularies, built once: check() runs twice on every wake.
+_ALLOWED: dict[str, tuple[str, ...]] = {k: tuple(e) for k, e in _AXES.items()} | {
+    "status": tuple(TaskStatus),
+    "delivery_method": DELIVERY_METHODS,
+    "schema": (SCHEMA,),
+}
+_ALLOWED_SETS = {k: frozenset(v) for k, v in _ALLOWED.items()}
+
+
 def _value_problems(env: Envelope) -> list[str]:
-    allowed: dict[str, tuple[str, ...]] = {k: tuple(e) for k, e in _AXES.items()}
-    allowed |= {
-        "status": tuple(TaskStatus),
-        "delivery_method": DELIVERY_METHODS,
-        "schema": (SCHEMA,),
-    }
     problems = [
-        f"{k} {env[k]!r} is not one of {', '.join(v)}"
-        for k, v in allowed.items()
+        f"{k} {env[k]!r} is not one of {', '.join(_ALLOWED[k])}"
+        for k, v in _ALLOWED_SETS.items()
         if env[k] not in v
     ]
     if not TASK_ID_RE.fullmatch(env["task_id"]):

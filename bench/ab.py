@@ -1,6 +1,7 @@
 """A quick A/B of the daemon alone: one burst, drain rate and CPU per file.
 
     .venv/bin/python -m bench.ab --sink log --files 2000 --rounds 3 [--concurrency N]
+    .venv/bin/python -m bench.ab --sink exec --paced 200 --rounds 3
 
 Not part of ``make bench``: it is the loop used while changing the daemon,
 so that a before and an after can be interleaved on the same disk and CPU
@@ -49,12 +50,30 @@ def one_round(root: Path, sink: str, n: int, concurrency: int | None) -> tuple[f
     return n / wall, cpu / n * 1000.0
 
 
+def paced_round(
+    root: Path, sink: str, rate: float, seconds: float, concurrency: int | None
+) -> tuple[float, float, float]:
+    """Publish at ``rate`` files/s; p50/p90/p99 rename -> wake-start latency in ms."""
+    daemon = systems.AnuDaemon(sink, concurrency=concurrency)
+    daemon.start(root)
+    ids = produce.task_ids("pc", int(rate * seconds))
+    renamed = dict(zip(ids, produce.paced(daemon.events_dir, ids, rate), strict=True))
+    deadline = time.monotonic() + 120
+    while daemon.progress() < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lat = sorted((ns - renamed[t]) / 1e6 for t, ns in daemon.stop().wakes if t in renamed)
+    if len(lat) != len(ids):
+        raise SystemExit(f"ab: {len(lat)} wakes for {len(ids)} files")
+    return tuple(lat[min(len(lat) - 1, int(q * len(lat)))] for q in (0.5, 0.9, 0.99))  # type: ignore[return-value]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sink", default="log", choices=["log", "exec"])
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int)
+    ap.add_argument("--paced", type=float, help="files/s for 10 s instead of a burst")
     ap.add_argument(
         "--workdir", default="/var/tmp", help="a part of the disk with no recent mass deletion"
     )
@@ -63,6 +82,12 @@ def main() -> None:
     # ~20 us on a quiet ext4; far more right after a mass deletion nearby (bench/run.py).
     print(f"empty-file create: {floor.create_probe(work / 'probe'):.0f} us")
     for i in range(args.rounds):
+        if args.paced:
+            p50, p90, p99 = paced_round(
+                work / f"r{i}", args.sink, args.paced, 10.0, args.concurrency
+            )
+            print(f"{args.sink} {args.paced:.0f}/s: p50 {p50:.1f} p90 {p90:.1f} p99 {p99:.1f} ms")
+            continue
         rate, cpu_ms = one_round(work / f"r{i}", args.sink, args.files, args.concurrency)
         print(f"{args.sink} {args.files}: {rate:,.0f} files/s, {cpu_ms:.2f} ms CPU/file")
     # Not deleted here: a mass deletion slows the next run's file creations nearby.
