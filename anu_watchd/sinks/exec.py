@@ -7,7 +7,9 @@ from nothing (never inherited, so no ``NOTIFY_SOCKET`` and no stray secret)::
     ANU_WATCHD_KEY_FILE=<path of the sealed key>   a path, never the key
     ANU_WATCHD_IDEMPOTENCY_KEY=<idempotency key>
 
-It runs in its own session, so a timeout can kill everything it started.
+It runs in its own session, so a timeout (or a cancellation) kills everything
+it started that is still in its process group. It is spawned without asyncio's
+subprocess transports (``spawn.py`` says why and how).
 How its end maps to an outcome:
 
     exit 0 with an id on stdout      registered
@@ -24,17 +26,14 @@ because a truncated id names some other schedule.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import attrs
-
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
+from anu_watchd.sinks.spawn import Child, Finished
 
 if TYPE_CHECKING:
     from anu_watchd.secret import SealedKey
@@ -42,16 +41,8 @@ if TYPE_CHECKING:
 EX_TEMPFAIL = 75
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_ID_CHARS = 200
-_OUTPUT_LIMIT = 64 * 1024
+_OUTPUT_LIMIT = 64 * 1024  # kept of each of stdout and stderr; the rest is drained
 _STDERR_QUOTE_CHARS = 500
-_CHUNK = 16 * 1024
-
-
-@attrs.frozen
-class _Finished:
-    returncode: int
-    stdout: bytes
-    stderr: bytes
 
 
 class ExecSink:
@@ -76,9 +67,12 @@ class ExecSink:
             raise ValueError("ExecSink needs a non-empty argv")
         self._argv = tuple(argv)
         self._update_argv = tuple(update_argv)
-        self._key_file = key_file
         self._timeout_s = timeout_s
         self._key = key
+        # Built once: a spawn only adds the idempotency key to a copy.
+        self._base_env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8"}
+        if key_file is not None:
+            self._base_env["ANU_WATCHD_KEY_FILE"] = str(key_file)
 
     @property
     def supports_update(self) -> bool:
@@ -97,21 +91,18 @@ class ExecSink:
 
     def child_env(self, idempotency_key: str) -> dict[str, str]:
         """The whole environment the command sees; nothing is inherited."""
-        env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "ANU_WATCHD_IDEMPOTENCY_KEY": idempotency_key}
-        if self._key_file is not None:
-            env["ANU_WATCHD_KEY_FILE"] = str(self._key_file)
-        return env
+        return {**self._base_env, "ANU_WATCHD_IDEMPOTENCY_KEY": idempotency_key}
 
-    async def _run(self, argv: tuple[str, ...], envelope: bytes, idempotency_key: str) -> _Finished:
-        proc = await _spawn(argv, self.child_env(idempotency_key))
+    async def _run(self, argv: tuple[str, ...], envelope: bytes, idempotency_key: str) -> Finished:
+        child = _start(argv, self.child_env(idempotency_key), envelope)
         try:
             async with asyncio.timeout(self._timeout_s):
-                done = await _communicate(proc, envelope)
+                done = await child.finished()
         except TimeoutError:
             raise TransientWakeError(f"{argv[0]} timed out after {self._timeout_s:g}s") from None
         finally:
-            # Also on cancellation: never leave a registration command running behind us.
-            await _kill_and_reap(proc)
+            # Also on cancellation: never leave a registration command (or its group) behind.
+            await child.kill()
         _raise_for_exit(argv[0], done.returncode, self._scrub(done.stderr))
         return done
 
@@ -122,56 +113,12 @@ class ExecSink:
         return text[-_STDERR_QUOTE_CHARS:]
 
 
-async def _spawn(argv: tuple[str, ...], env: dict[str, str]) -> asyncio.subprocess.Process:
+def _start(argv: tuple[str, ...], env: dict[str, str], envelope: bytes) -> Child:
     try:
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        return Child.start(argv, env, envelope, limit=_OUTPUT_LIMIT)
     except OSError as exc:
         # ENOENT, EACCES, ENOEXEC: the configuration is wrong, retrying cannot help.
         raise PermanentWakeError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-
-
-async def _communicate(proc: asyncio.subprocess.Process, envelope: bytes) -> _Finished:
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    _, stdout, stderr, returncode = await asyncio.gather(
-        _feed(proc.stdin, envelope),
-        _read_bounded(proc.stdout),
-        _read_bounded(proc.stderr),
-        proc.wait(),
-    )
-    return _Finished(returncode, stdout, stderr)
-
-
-async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
-    # A command that exits without reading stdin is judged by its exit status alone.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        stdin.write(data)
-        await stdin.drain()
-    stdin.close()
-
-
-async def _read_bounded(stream: asyncio.StreamReader) -> bytes:
-    """Keep the first 64 KiB; drain the rest so a chatty command is not blocked on a full pipe."""
-    kept = bytearray()
-    while chunk := await stream.read(_CHUNK):
-        room = _OUTPUT_LIMIT - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-    return bytes(kept)
-
-
-async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        # start_new_session made the child a group leader: its pid is the group id.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    await proc.wait()
 
 
 def _raise_for_exit(program: str, returncode: int, stderr: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sys
 import time
@@ -51,6 +52,15 @@ async def no_sleep(_seconds: float) -> None:
     return None
 
 
+def reaped(pid: int) -> bool:
+    """True when ``pid`` is no longer a child of ours: not running and not a zombie."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # leaves a zombie as is
+    except ChildProcessError:
+        return True
+    return False
+
+
 def wait_until_gone(pid: int, deadline_s: float = 5.0) -> bool:
     end = time.monotonic() + deadline_s
     while not child_is_gone(pid):
@@ -68,6 +78,18 @@ async def test_json_schedule_id_is_returned_and_envelope_is_on_stdin(
     assert await sink.register(ENVELOPE, idempotency_key=IK) == "S-1"
     [call] = read_sink_calls(sink_dir)
     assert call["stdin"] == ENVELOPE.decode()
+
+
+@pytest.mark.parametrize("size", [3900, 200_000])
+async def test_a_full_size_or_oversized_envelope_arrives_intact(
+    sink_dir: Path, key: SealedKey, size: int
+) -> None:
+    """The largest envelope (3900 bytes) and one beyond any pipe buffer reach stdin whole."""
+    envelope = b'{"task_id": "task-7", "pad": "' + b"x" * (size - 32) + b'"}'
+    sink = make_sink(sink_dir, key, "ok")
+    assert await sink.register(envelope, idempotency_key=IK) == "S-1"
+    [call] = read_sink_calls(sink_dir)
+    assert call["stdin"] == envelope.decode()
 
 
 async def test_first_non_empty_line_is_the_id(sink_dir: Path, key: SealedKey) -> None:
@@ -105,7 +127,7 @@ async def test_timeout_is_transient_and_kills_the_whole_group(
     with pytest.raises(TransientWakeError, match="timed out"):
         await sink.register(ENVELOPE, idempotency_key=IK)
     [call] = read_sink_calls(sink_dir)
-    assert child_is_gone(call["pid"])  # reaped by the sink before it raised
+    assert reaped(call["pid"])  # by the sink, before it raised
     assert wait_until_gone(call["grandchild_pid"])
 
 
@@ -120,7 +142,7 @@ async def test_cancelled_register_kills_the_command(sink_dir: Path, key: SealedK
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert child_is_gone(call["pid"])
+    assert reaped(call["pid"])
     assert wait_until_gone(call["grandchild_pid"])
 
 
