@@ -86,6 +86,7 @@ def details(workdir: Path) -> dict[str, Any]:
         "matplotlib": _version("matplotlib"),
         "inotifywait": _out(["inotifywait", "--help"]),
         "bash": _out(["bash", "--version"]),
+        "handler": _handler_name(),
         "loadavg_start": list(os.getloadavg()),
     }
 
@@ -123,3 +124,9 @@ def pressure_since(before: dict[str, int]) -> dict[str, float]:
     ticks = max(now["cpu_total"] - before["cpu_total"], 1)
     out["steal"] = round((now["steal"] - before["steal"]) / ticks, 3)
     return out
+
+
+def _handler_name() -> str:
+    from bench.systems import HANDLER  # compiling it is the systems module's business
+
+    return str(HANDLER.relative_to(HANDLER.parents[2]))
