@@ -99,7 +99,7 @@ def temp_name(final: str) -> str:
     return TMP_PREFIX + os.fsdecode(os.fsencode(final)[:room]) + suffix
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes | bytearray, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` durably, all or nothing (see the module docstring)."""
     tmp = path.parent / temp_name(path.name)
     try:
@@ -171,7 +171,7 @@ def _check_halted(halted: threading.Event | None) -> None:
         raise OSError(errno.ECANCELED, "halted after a fatal error elsewhere")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -188,7 +188,7 @@ def _abandon(temps: list[tuple[Path, Path, int]]) -> None:
         _discard(tmp)
 
 
-def _fill(fd: int, data: bytes) -> None:
+def _fill(fd: int, data: bytes | bytearray) -> None:
     """Write all of ``data``, fsync, close; the descriptor is closed whatever happens."""
     try:
         _write_all(fd, data)

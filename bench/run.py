@@ -40,10 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attrs
 
-from bench import floor, machine, produce, render, report
+from bench import floor, ledgerscale, machine, produce, render, report
 from bench.systems import (
     BENCH,
-    REPO,
     AnuDaemon,
     Script,
     all_systems,
@@ -211,27 +210,13 @@ def measure_idle(workdir: Path, seconds: float) -> dict[str, Any]:
 
 
 def measure_ledgers(workdir: Path, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Cold loads (a full parse, as after a crash), then loads from a clean close's checkpoint."""
     out = []
-    py = [sys.executable, "-m", "bench.ledgerscale"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     for lines in sizes:
-        path = workdir / f"ledger-{lines}.jsonl"
-        subprocess.run([*py, "build", str(path), str(lines)], check=True, env=env, cwd=REPO)
-        runs = []
-        for _ in range(repeats):
-            done = subprocess.run(
-                [*py, "load", str(path)], check=True, env=env, cwd=REPO, capture_output=True
-            )
-            runs.append(json.loads(done.stdout))
-        runs.sort(key=lambda r: r["load_s"])
-        best = runs[len(runs) // 2]
-        best.update(
-            lines=lines,
-            load_s_all=[r["load_s"] for r in runs],
-            max_rss_kib=max(r["peak_rss_kib"] for r in runs),
-        )
-        print(f"bench: ledger {lines:,} lines: {best['load_s']:.2f} s", flush=True)
-        out.append(best)
+        entry = ledgerscale.measure(workdir / f"ledger-{lines}.jsonl", lines, repeats)
+        ckpt = entry["checkpoint"]["load_s"]
+        print(f"bench: ledger {lines:,} lines: {entry['load_s']:.2f} s, {ckpt:.2f} s", flush=True)
+        out.append(entry)
     return out
 
 
