@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+import attrs
+
 from anu_watchd import __version__, fsio, producer, quarantine, status
 from anu_watchd.config import Config, config_path, load_config
 from anu_watchd.errors import (
@@ -199,14 +201,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     spool = _config(args).spool
+    entries = quarantine.list_quarantined(spool.quarantine_dir)
     if args.action == "list":
-        for e in quarantine.list_quarantined(spool.quarantine_dir):
-            print(f"{e.name}\t{e.reason or '?'}\t{e.ts or ''}\t{e.detail or ''}")
+        for e in entries:
+            if args.json:
+                # ASCII escapes: a name's undecodable bytes are lone surrogates here.
+                print(json.dumps(attrs.asdict(e)))
+            else:
+                fields = (e.name, e.reason or "?", e.ts or "", e.detail or "")
+                print("\t".join(_shown(f) for f in fields))
         return EX_OK
     if not args.name:
         raise UsageError("quarantine release needs NAME (as `quarantine list` shows it)")
+    # A hostile name (a newline, a tab, an escape sequence) is listed escaped; accept that form.
+    name = next((e.name for e in entries if args.name in (e.name, _shown(e.name))), args.name)
     try:
-        dest = quarantine.release(spool.quarantine_dir, args.name, spool.events_dir)
+        dest = quarantine.release(spool.quarantine_dir, name, spool.events_dir)
     except FileNotFoundError:
         raise UsageError(f"no quarantined entry named {args.name!r}") from None
     except FileExistsError:
@@ -215,6 +225,13 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     print(f"released: {dest}")
     return EX_OK
+
+
+def _shown(text: str) -> str:
+    """``text`` for one tab-separated line of a terminal: control characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
@@ -305,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("quarantine", cmd_quarantine, "inspect or release quarantined inputs")
     sp.add_argument("action", choices=("list", "release"))
     sp.add_argument("name", nargs="?", metavar="NAME")
+    sp.add_argument("--json", action="store_true", help="list: one JSON object per entry")
     sp = add("ack", cmd_ack, "write the .pickup.acked marker for TASK (for collectors)")
     sp.add_argument("task", metavar="TASK")
     sp = add("retry", cmd_retry, "clear a FIRE_FAILED so TASK is woken again (same key)")

@@ -40,6 +40,8 @@ CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 CREDENTIAL_NAME = "anu-key"
 REDACTED = "[REDACTED]"
 MAX_KEY_BYTES = 4096  # a key file larger than this is a wrong path, not a key
+# A shorter key would match ordinary text: results quarantined as KEY_LITERAL, logs redacted.
+MIN_KEY_CHARS = 16
 _CONFIG_KEY = "key.file"
 _MAX_DEPTH = 32
 _FILE_HINT = f"use 0600 or 0400 (group-read is allowed only under ${CREDENTIALS_ENV})"
@@ -121,6 +123,14 @@ def _read_key(path: Path, *, inside_credentials: bool) -> str:
         raise SecretError(_CONFIG_KEY, f"{path}: not valid UTF-8") from None
     if not value:
         raise SecretError(_CONFIG_KEY, f"{path}: empty key file")
+    if len(value) < MIN_KEY_CHARS:
+        # The length only: the value itself never appears in an error.
+        raise SecretError(
+            _CONFIG_KEY,
+            f"{path}: the key is {len(value)} characters, fewer than {MIN_KEY_CHARS}; a short key "
+            "would match ordinary text (every result quarantined KEY_LITERAL, logs redacted); "
+            "generate one with: openssl rand -hex 32",
+        )
     return value
 
 

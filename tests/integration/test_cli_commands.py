@@ -95,6 +95,22 @@ def test_quarantine_list_and_release_round_trip(spool: Spool) -> None:
     assert again.returncode == 64
 
 
+def test_a_hostile_name_is_listed_on_one_line_and_released_by_that_form(spool: Spool) -> None:
+    """A name with a newline and an escape sequence is listed escaped, on one tab-separated
+    line; that form releases it, and --json gives the exact name."""
+    hostile = "task-1\n\x1b[31mred.result.json"
+    (spool.events / hostile).write_text(json.dumps(valid_doc("task-1")))
+    spool.cli("scan", "--once")
+    listed = spool.cli("quarantine", "list").stdout
+    assert listed.count("\n") == 1 and "\x1b" not in listed
+    shown, reason = listed.split("\t")[:2]
+    assert reason == "SCHEMA" and shown.startswith("task-1\\n\\x1b[31mred.result.json.")
+    exact = json.loads(spool.cli("quarantine", "list", "--json").stdout)["name"]
+    assert exact.startswith(hostile + ".")
+    assert spool.cli("quarantine", "release", shown).returncode == 0
+    assert (spool.events / hostile).exists()
+
+
 def test_ack_writes_the_acked_marker(spool: Spool) -> None:
     """ack TASK writes task-<id>.pickup.acked atomically; a bad id is a usage error."""
     assert spool.cli("ack", "task-3").returncode == 0

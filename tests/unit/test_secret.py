@@ -273,3 +273,14 @@ def test_deep_nesting_is_bounded(tmp_path: Path, key_value: str) -> None:
         deep = [deep]
     out = redact(key, {"deep": deep})
     assert key_value not in repr(out)
+
+
+def test_a_short_key_is_refused_without_showing_it(tmp_path: Path) -> None:
+    """A key under 16 characters is a config error that gives its length, never its value."""
+    short = secrets.token_hex(7)  # 14 characters
+    path = write_key(tmp_path / "k", short + "\n")
+    err = refusal(str(path), environ={})
+    assert isinstance(err, ConfigError) and err.key == "key.file"
+    assert "14 characters" in str(err) and short not in str(err)
+    write_key(tmp_path / "k16", secrets.token_hex(8))
+    assert len(load_key(str(tmp_path / "k16"), environ={}).value) == 16
