@@ -64,6 +64,12 @@ class Workload:
     files: int
     deadline_s: float  # from the first rename; what is not handled by then is "unfinished"
     rate: float | None = None  # files/s; None = a burst
+    # Systems given until ``drain_deadline_s`` instead, to be seen handling every file.
+    drain: tuple[str, ...] = ()
+    drain_deadline_s: float = 0.0
+
+    def deadline_for(self, system_key: str) -> float:
+        return self.drain_deadline_s if system_key in self.drain else self.deadline_s
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -79,7 +85,10 @@ def workloads(quick: bool) -> list[Workload]:
         Workload("paced", "paced 200 files/s for 30 s", 6000, 50.0, 200.0),
         Workload("b2000", "burst of 2,000", 2000, 60.0),
         Workload("b20000", "burst of 20,000", 20000, 90.0),
-        Workload("b100000", "burst of 100,000", 100000, 90.0),
+        # anu-watchd's log sink runs this burst to its end (~4 minutes here), so that 0 lost
+        # and 0 duplicated are shown for all 100,000 files, not only those handled in 90 s;
+        # the exec sink would need ~6 minutes more than the 20-minute budget has.
+        Workload("b100000", "burst of 100,000", 100000, 90.0, None, ("anu-log",), 360.0),
     ]
 
 
@@ -139,7 +148,7 @@ def run_case(
         else:
             renames = produce.paced(system.events_dir, ids, wl.rate)
         produce_s = time.monotonic() - t0
-        status = wait_drained(system, wl, t0 + wl.deadline_s)
+        status = wait_drained(system, wl, t0 + wl.deadline_for(system.key))
     except BaseException:
         system.stop()  # never leave a watcher running behind a failed run
         raise
