@@ -110,6 +110,11 @@ class AppendLog:
         return self._cause is None and not self._closed
 
     @property
+    def failure(self) -> BaseException | None:
+        """What poisoned the log (a write or fsync error, a halt), if anything did."""
+        return self._cause
+
+    @property
     def counters(self) -> Counters:
         return Counters(appends=self._appends, flushes=self._flushes)
 

@@ -57,7 +57,9 @@ from anu_watchd.model import LedgerEntry, LedgerState
 _log = structlog.get_logger("anu_watchd.ledger")
 
 _CHUNK = 1 << 20
-# A smaller ledger gets no checkpoint at close (~14,000 lines; their parse takes ~50 ms).
+# A smaller ledger gets no checkpoint at close, and a checkpoint is rewritten only once this
+# much was appended after what it covers (~14,000 lines, whose parse takes ~50 ms at open):
+# a one-shot command that appends a line does not rewrite an index of tens of MB.
 CHECKPOINT_MIN_BYTES = 4 << 20
 _CACHE_MAX = 4096
 _STATES: tuple[LedgerState, ...] = tuple(LedgerState)  # code = position + 1; 0 is never used
@@ -343,12 +345,18 @@ class Ledger:
     def open(cls, path: Path, *, checkpoint_min_bytes: int = CHECKPOINT_MIN_BYTES) -> Ledger:
         """Load and recover the ledger at ``path`` (blocking; run at start-up, under the lock).
 
-        ``checkpoint_min_bytes``: a smaller ledger gets no checkpoint at close.
+        ``checkpoint_min_bytes``: a smaller ledger gets no checkpoint at close, and a
+        checkpoint is rewritten only once that many bytes follow what it covers.
         """
         try:
             with open(path, "rb", buffering=0) as fh:
                 loader, covered = _start(path, fh)
                 torn = _load(loader, fh)
+                if not torn:  # else the truncation's fsync below does it
+                    # A process killed between its write and its fsync leaves lines that are
+                    # only in the page cache; make what was indexed durable before anything
+                    # relies on it (a skipped wake, a checkpoint over those bytes).
+                    fsio.fsync(fh.fileno())
         except FileNotFoundError:
             ledgerindex.discard(path, "there is no ledger")
             return cls(path, {}, {}, checkpoint_min_bytes=checkpoint_min_bytes)
@@ -365,7 +373,7 @@ class Ledger:
             loader.tasks,
             end=loader.offset,
             lines=loader.lineno,
-            saved=covered if covered == loader.offset else None,
+            saved=covered if covered is not None and covered <= loader.offset else None,
             checkpoint_min_bytes=checkpoint_min_bytes,
         )
 
@@ -435,6 +443,7 @@ class Ledger:
         self._closed = True
         if self._log is not None:
             await self._log.aclose()
+            healthy = healthy and self._log.failure is None  # the last flush may have failed
         if self._rfd is not None:
             os.close(self._rfd)
             self._rfd = None
@@ -491,8 +500,8 @@ class Ledger:
             return None
         try:
             size = os.fstat(fd).st_size
-            if size < self._min_bytes or size == self._saved:
-                return None
+            if size == self._saved or size - (self._saved or 0) < self._min_bytes:
+                return None  # nothing new, or a tail the next start parses in ~50 ms
             self._check_covers(fd, size)
             fp = ledgerindex.fingerprint(fd, size)
         finally:

@@ -7,6 +7,7 @@ the ledger without its checkpoint). Faults are injected only at
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import io
@@ -219,6 +220,55 @@ async def test_a_close_with_nothing_new_leaves_the_checkpoint_alone(path: Path, 
     await open_(path).aclose()
     after = os.stat(ckpt)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+async def test_a_short_tail_is_parsed_at_open_not_rewritten_at_close(
+    path: Path, ckpt: Path, tmp_path: Path
+) -> None:
+    """Under ``checkpoint_min_bytes`` appended after it (a one-shot command's line), the
+    checkpoint stays as it is; the next open loads it and parses the tail."""
+    await checkpointed(path, history())
+    before = os.stat(ckpt)
+    led = Ledger.open(path, checkpoint_min_bytes=path.stat().st_size)
+    await led.record(entry("task-t"))
+    await led.aclose()
+    after = os.stat(ckpt)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    entries = [*history(), entry("task-t")]
+    with structlog.testing.capture_logs() as logs:
+        again = open_(path)
+    assert "ledger_checkpoint_loaded" in events(logs)
+    assert view(again, entries) == full_parse(path, tmp_path, entries)
+
+
+async def test_a_close_whose_last_flush_fails_writes_no_checkpoint(
+    path: Path, ckpt: Path, seam: FsyncSeam
+) -> None:
+    """A line still queued at close (its caller cancelled, as in a halt) whose fsync fails
+    poisons the log: the close then attempts no checkpoint at all, and the old one stays."""
+    await checkpointed(path, history())
+    before = ckpt.read_bytes()
+    led = open_(path)
+    await led.record(entry("task-y"))  # the log is open, this line durable
+    seam.fail = {seam.calls + 1}
+    queued = asyncio.ensure_future(led.record(entry("task-z")))
+    await asyncio.sleep(0)  # one loop turn: the line is queued before the close
+    queued.cancel()  # a queued line is still written; nobody is left to see it fail
+    with structlog.testing.capture_logs() as logs:
+        await led.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert "ledger_checkpoint_not_written" not in events(logs)
+    assert ckpt.read_bytes() == before
+
+
+def test_open_makes_what_it_indexed_durable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines a killed writer left unsynced are fsynced at open, before anything relies on them."""
+    path.write_bytes(raw(history()))
+    synced: list[str] = []
+    monkeypatch.setattr(fsio, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    Ledger.open(path)
+    assert synced == [str(path)]
 
 
 async def test_a_small_ledger_gets_no_checkpoint_by_default(path: Path, ckpt: Path) -> None:
