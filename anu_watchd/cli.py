@@ -213,8 +213,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         return EX_OK
     if not args.name:
         raise UsageError("quarantine release needs NAME (as `quarantine list` shows it)")
-    # A hostile name (a newline, a tab, an escape sequence) is listed escaped; accept that form.
-    name = next((e.name for e in entries if args.name in (e.name, _shown(e.name))), args.name)
+    # Names are given as listed. The escaping is one-to-one (a backslash is doubled), so a
+    # name holding a newline and one holding a backslash and an "n" never show alike.
+    name = next((e.name for e in entries if _shown(e.name) == args.name), args.name)
     try:
         dest = quarantine.release(spool.quarantine_dir, name, spool.events_dir)
     except FileNotFoundError:
@@ -228,10 +229,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def _shown(text: str) -> str:
-    """``text`` for one tab-separated line of a terminal: control characters escaped."""
-    if text.isprintable():
+    """``text`` for one tab-separated line of a terminal: control characters and ``\\`` escaped."""
+    if text.isprintable() and "\\" not in text:
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode() for c in text
+    )
 
 
 def cmd_ack(args: argparse.Namespace) -> int:

@@ -326,7 +326,7 @@ def _value_problems(env: Envelope) -> list[str]:
     problems = [
         f"{k} {env[k]!r} is not one of {', '.join(_ALLOWED[k])}"
         for k, v in _ALLOWED_SETS.items()
-        if env[k] not in v
+        if not isinstance(env[k], str) or env[k] not in v  # a list or object is unhashable
     ]
     if not TASK_ID_RE.fullmatch(env["task_id"]):
         problems.append("task_id is not a valid task id")
@@ -466,7 +466,7 @@ def decode(data: bytes) -> Envelope:
     """Parse an envelope written by ``encode``; EnvelopeError if unreadable or inconsistent."""
     try:
         env = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EnvelopeError(f"envelope is not UTF-8 JSON: {exc}") from None
     problems = check(env)
     if problems:

@@ -252,6 +252,25 @@ def read_input(path: Path, max_bytes: int) -> InputFile:
     return InputFile(data, st)
 
 
+def read_state(path: Path, max_bytes: int, *, follow: bool = False) -> bytes:
+    """Up to ``max_bytes`` of a small state file (a marker, an envelope, the enable flag).
+
+    These live in directories others can write to: a FIFO, socket or symlink
+    planted at the path raises OSError here instead of blocking the event
+    loop in open() or read() (O_NONBLOCK, O_NOFOLLOW, then fstat).
+    ``follow=True`` (the operator's enable flag) accepts a symlink to a
+    regular file.
+    """
+    fd = os.open(path, _READ_FLAGS & ~os.O_NOFOLLOW if follow else _READ_FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file: {describe_mode(mode)}", str(path))
+        return _read_at_most(fd, max_bytes)
+    finally:
+        os.close(fd)
+
+
 def _open_input(path: Path) -> int:
     try:
         return os.open(path, _READ_FLAGS)

@@ -68,7 +68,7 @@ def read_holder(path: Path) -> Holder | None:
     try:
         doc = json.loads(path.read_text())
         return Holder(pid=int(doc["pid"]), role=str(doc["role"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

@@ -22,6 +22,8 @@ FAILED_SUFFIX = ".pickup.failed"
 ACKED_SUFFIX = ".pickup.acked"
 RETRY_SUFFIX = ".pickup.retry"
 ENVELOPE_SUFFIX = ".callback-envelope.json"
+# A marker is a few hundred bytes; anything longer is not one of ours.
+_MARKER_MAX_BYTES = 64 << 10
 
 
 @attrs.frozen
@@ -107,9 +109,8 @@ def encode_json(doc: dict[str, Any]) -> bytes:
 def read_json(path: Path) -> dict[str, Any] | None:
     """A marker's content, or None if it is missing, unreadable or not a JSON object."""
     try:
-        with open(path, "rb") as fh:
-            doc = json.loads(fh.read(65536))
-    except (OSError, ValueError):
+        doc = json.loads(fsio.read_state(path, _MARKER_MAX_BYTES))
+    except (OSError, ValueError, RecursionError):  # RecursionError: a hostile nesting depth
         return None
     return doc if isinstance(doc, dict) else None
 

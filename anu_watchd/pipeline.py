@@ -96,8 +96,8 @@ class Stages:
 def is_enabled(flag: Path) -> bool:
     """The operator's enable flag: present and exactly ``true`` (whitespace aside)."""
     try:
-        with open(flag, "rb") as fh:
-            return fh.read(64).strip() == b"true"
+        # The operator's file, which may be a symlink; never a FIFO that blocks the loop.
+        return fsio.read_state(flag, 64, follow=True).strip() == b"true"
     except OSError:
         return False
 
@@ -125,10 +125,24 @@ class Pipeline:
     """Runs results through the stages; at most one run per task id at a time."""
 
     def __init__(self, stages: Stages) -> None:
-        self.stages = stages
+        self._stages = stages
         self._locks: dict[str, list[Any]] = {}
-        self._slots_for = stages.config.wake.concurrency
-        self._slots = asyncio.Semaphore(self._slots_for)
+        self._slots = asyncio.Semaphore(stages.config.wake.concurrency)
+
+    @property
+    def stages(self) -> Stages:
+        return self._stages
+
+    @stages.setter
+    def stages(self, new: Stages) -> None:
+        """Swap the stages (a reload); a new ``wake.concurrency`` takes effect for new calls.
+
+        The semaphore is replaced here, once, never from inside a run: runs holding the old
+        one release it, and calls from now on take the new one.
+        """
+        if new.config.wake.concurrency != self._stages.config.wake.concurrency:
+            self._slots = asyncio.Semaphore(new.config.wake.concurrency)
+        self._stages = new
 
     # -- entry points -----------------------------------------------------------
 
@@ -286,7 +300,7 @@ class Pipeline:
         """
         wake = run.st.config.wake
         policy = RetryPolicy(wake.attempts, wake.backoff_initial_s, wake.backoff_max_s)
-        async with self._wake_slot(wake.concurrency):
+        async with self._slots:
             try:
                 schedule_id, attempts = await register_with_retries(
                     run.st.sink,
@@ -375,24 +389,23 @@ class Pipeline:
         now = failed.ts
         doc = markers.marker_doc(failed, attempts=attempts, ts=now, error=error, stamp=stamp)
         await _durable(markers.write_json, files.failed, doc)
-        await self._store_envelope(
-            run, files, envelope.register_failed(env, error=error), push=False
-        )
+        await self._store_envelope(files, _encoded(run, envelope.register_failed(env, error=error)))
         run.log.critical("wake_failed", error=error, attempt=attempts)
         cfg = run.st.config.wake
-        await escalate(
-            cfg.escalate_argv,
-            {
-                "task_id": files.task_id,
-                "verdict": "FIRE_FAILED",
-                "reason": "wake failed",
-                "error": error,
-                "attempts": attempts,
-                "idempotency_key": failed.key,
-                "ts": now,
-            },
-            timeout_s=cfg.timeout_s,
-        )
+        async with self._slots:  # wake.concurrency bounds every call out, escalations too
+            await escalate(
+                cfg.escalate_argv,
+                {
+                    "task_id": files.task_id,
+                    "verdict": "FIRE_FAILED",
+                    "reason": "wake failed",
+                    "error": error,
+                    "attempts": attempts,
+                    "idempotency_key": failed.key,
+                    "ts": now,
+                },
+                timeout_s=cfg.timeout_s,
+            )
         out = self._outcome(
             run,
             files.result,
@@ -408,19 +421,15 @@ class Pipeline:
 
     # -- helpers ----------------------------------------------------------------
 
-    async def _store_envelope(
-        self, run: _Run, files: TaskFiles, env: dict[str, Any], *, push: bool
-    ) -> None:
-        body = _encoded(run, env)
-        if body is None:
-            return
-        await _durable(fsio.atomic_write, files.envelope, body)
-        if push:
-            await self._push_update(run, env, body)
+    async def _store_envelope(self, files: TaskFiles, body: bytes | None) -> None:
+        if body is not None:
+            await _durable(fsio.atomic_write, files.envelope, body)
 
     async def _push_update(self, run: _Run, env: dict[str, Any], body: bytes) -> None:
         sink = run.st.sink
-        if sink.supports_update:
+        if not sink.supports_update:
+            return
+        async with self._slots:  # an update is a call out too: wake.concurrency bounds it
             try:
                 await sink.update(body, idempotency_key=str(env.get("idempotency_key")))
             except Exception as exc:  # an update is best effort; the wake is registered
@@ -475,7 +484,7 @@ class Pipeline:
                 env = envelope.received(env)
         else:
             env = envelope.register_failed(env, error=error or "wake failed")
-        await self._store_envelope(run, files, env, push=False)
+        await self._store_envelope(files, _encoded(run, env))
         run.log.info("envelope_repaired")
 
     def _entry(self, run: _Run, four: FourTuple, state: LedgerState, attempt: int) -> LedgerEntry:
@@ -533,13 +542,6 @@ class Pipeline:
             attempts=out.attempts,
         )
         return out
-
-    def _wake_slot(self, concurrency: int) -> asyncio.Semaphore:
-        """The semaphore bounding sink calls to ``wake.concurrency`` (re-made on a reload)."""
-        if concurrency != self._slots_for:
-            # Runs holding the old semaphore release it; new runs use the new bound.
-            self._slots_for, self._slots = concurrency, asyncio.Semaphore(concurrency)
-        return self._slots
 
     @asynccontextmanager
     async def task_lock(self, name: str) -> AsyncIterator[None]:

@@ -139,7 +139,7 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     """The sidecar's object, or {} if it is missing or unreadable (never fatal for a listing)."""
     try:
         doc = json.loads(fsio.read_input(path, _SIDECAR_MAX_BYTES).data)
-    except (InputError, OSError, ValueError):
+    except (InputError, OSError, ValueError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}
 

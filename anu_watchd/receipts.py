@@ -35,7 +35,8 @@ _log = structlog.get_logger("anu_watchd.receipts")
 
 def _read_envelope(path: Path) -> dict[str, Any] | None:
     try:
-        return envelope.decode(path.read_bytes())
+        # One byte over the limit: an oversized file fails decoding instead of being cut to fit.
+        return envelope.decode(fsio.read_state(path, envelope.MAX_ENVELOPE_BYTES + 1))
     except (OSError, EnvelopeError, ValueError):
         return None
 

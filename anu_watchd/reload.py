@@ -29,7 +29,7 @@ def reload_status_path(config: Config) -> Path:
 def _read(path: Path) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
 

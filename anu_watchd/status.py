@@ -34,8 +34,10 @@ def _evidence(path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
             for raw in fh:
                 try:
                     line = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue  # a torn last evidence line is not worth failing status over
+                if not isinstance(line, dict):
+                    continue
                 counts[str(line.get("verdict"))] += 1
                 last.append(line)
     except FileNotFoundError:

@@ -56,7 +56,8 @@ with open(here / "sink-calls.jsonl", "a+") as rec:
     fcntl.flock(rec, fcntl.LOCK_EX)  # concurrent calls still get distinct numbers
     rec.seek(0)
     n = sum(1 for _ in rec) + 1
-    call = {"n": n, "pid": os.getpid(), "argv": sys.argv, "env": dict(os.environ), "stdin": stdin}
+    call = {"n": n, "pid": os.getpid(), "argv": sys.argv, "env": dict(os.environ), "stdin": stdin,
+            "start": time.monotonic()}
     if mode == "hang":
         # A grandchild in the same session: the timeout must kill the whole group.
         kid = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(60)"],
@@ -66,6 +67,12 @@ with open(here / "sink-calls.jsonl", "a+") as rec:
 
 if mode.startswith("tempfail-then-ok:"):
     mode = "tempfail" if n <= int(mode.split(":", 1)[1]) else "ok"
+if mode.startswith("slow:"):
+    # A call that lasts: its [start, end] (CLOCK_MONOTONIC, system-wide) shows the overlap.
+    time.sleep(int(mode.split(":", 1)[1]) / 1000)
+    with open(here / "sink-ends.jsonl", "a") as ends:
+        ends.write(json.dumps({"n": n, "end": time.monotonic()}) + "\n")
+    mode = "ok"
 if mode == "ok":
     print(json.dumps({"schedule_id": f"S-{n}"}))
 elif mode == "ok-line":
@@ -102,7 +109,8 @@ def write_recording_sink(dir: Path, *, behaviour: str) -> list[str]:
     ``S-<n>`` line; "no-id" prints nothing; "tempfail" exits 75; "fail" and
     "leak-key" (echoes the key file to stderr) exit 3; "hang" sleeps forever
     with a grandchild; "signal" SIGKILLs itself; "tempfail-then-ok:<k>" exits
-    75 for calls 1..k, then behaves as "ok".
+    75 for calls 1..k, then behaves as "ok"; "slow:<ms>" lasts that long, then
+    behaves as "ok" (see ``call_spans``).
     """
     dir.mkdir(parents=True, exist_ok=True)
     script = dir / SCRIPT_FILE
@@ -122,6 +130,24 @@ def read_sink_calls(dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def call_spans(dir: Path) -> list[tuple[float, float]]:
+    """``(start, end)`` of each finished call of the recording command in ``dir`` ("slow:")."""
+    starts = {c["n"]: c["start"] for c in read_sink_calls(dir)}
+    ends = dir / "sink-ends.jsonl"
+    lines = ends.read_text().splitlines() if ends.exists() else []
+    return [(starts[e["n"]], e["end"]) for e in map(json.loads, lines)]
+
+
+def most_at_once(spans: Iterable[tuple[float, float]]) -> int:
+    """The largest number of ``spans`` open at one moment."""
+    edges = sorted(e for s, t in spans for e in ((s, 1), (t, -1)))  # an end sorts first on a tie
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
 
 
 def unused_port() -> int:

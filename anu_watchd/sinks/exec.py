@@ -144,7 +144,7 @@ def schedule_id_from_stdout(stdout: bytes, *, program: str) -> str:
     text = stdout.decode("utf-8", errors="replace")
     try:
         answer = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a hostile nesting depth
         answer = None
     if isinstance(answer, dict):
         found = answer.get("schedule_id")

@@ -140,7 +140,7 @@ def schedule_id_from_body(body: bytes) -> str:
     """The ``schedule_id`` (or else ``id``) of a 2xx JSON answer, as a string."""
     try:
         answer = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a hostile nesting depth
         answer = None
     if not isinstance(answer, dict):
         raise PermanentWakeError("HTTP 2xx without a JSON object body")

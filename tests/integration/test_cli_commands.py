@@ -111,6 +111,36 @@ def test_a_hostile_name_is_listed_on_one_line_and_released_by_that_form(spool: S
     assert (spool.events / hostile).exists()
 
 
+def test_two_names_that_would_show_alike_are_listed_apart_and_released_one_by_one(
+    spool: Spool,
+) -> None:
+    """A name with a newline and one with a backslash and an "n" are listed differently
+    (a backslash is shown doubled); each listed form releases its own entry only."""
+    newline, backslash = "task-1\nx.result.json", "task-1\\nx.result.json"
+    for name in (newline, backslash):
+        (spool.events / name).write_text(json.dumps(valid_doc("task-1")))
+    spool.cli("scan", "--once")
+    shown = {line.split("\t")[0] for line in spool.cli("quarantine", "list").stdout.splitlines()}
+    assert len(shown) == 2
+    [for_newline] = [s for s in shown if s.startswith("task-1\\nx.")]
+    [for_backslash] = [s for s in shown if s.startswith("task-1\\\\nx.")]
+    assert spool.cli("quarantine", "release", for_backslash).returncode == 0
+    assert (spool.events / backslash).exists() and not (spool.events / newline).exists()
+    assert spool.cli("quarantine", "release", for_newline).returncode == 0
+    assert (spool.events / newline).exists()
+
+
+def test_a_nesting_bomb_sidecar_is_listed_without_its_reason(spool: Spool) -> None:
+    """quarantine list survives a sidecar of 20,000 brackets: the entry is still listed."""
+    spool.drop("task-1", valid_doc("task-1", collector="zeus"))
+    spool.cli("scan", "--once")
+    [sidecar] = (spool.events / "quarantine").glob("*.reason.json")
+    sidecar.write_text("[" * 20_000)
+    listed = spool.cli("quarantine", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("task-1.result.json.")
+
+
 def test_ack_writes_the_acked_marker(spool: Spool) -> None:
     """ack TASK writes task-<id>.pickup.acked atomically; a bad id is a usage error."""
     assert spool.cli("ack", "task-3").returncode == 0

@@ -161,3 +161,37 @@ def test_invalid_config_exits_78(spool: Spool) -> None:
         res = spool.cli(*args)
         assert res.returncode == 78
         assert "wake.attempts" in res.stderr
+
+
+def test_hostile_files_at_marker_paths_neither_block_nor_stop_a_scan(spool: Spool) -> None:
+    """A FIFO (no writer) at one task's done marker and a nesting bomb at another's: the scan
+    reads neither as a marker, wakes both results and replaces both with real markers."""
+    os.mkfifo(spool.events / "task-1.pickup.done")
+    (spool.events / "task-2.pickup.done").write_text("[" * 20_000)
+    spool.drop("task-1")
+    spool.drop("task-2")
+    res = spool.cli("scan", "--once", "--json", timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert {t: line["verdict"] for t, line in _by_task(res.stdout).items()} == {
+        "task-1": "WAKE_BUILT",
+        "task-2": "WAKE_BUILT",
+    }
+    for task in ("task-1", "task-2"):
+        marker = spool.marker(task)
+        assert marker is not None and marker["verdict"] == "WAKE_BUILT"
+
+
+def test_an_ack_for_an_envelope_with_an_object_status_is_ignored_not_fatal(spool: Spool) -> None:
+    """An envelope file whose collector_receipt_status is an object (planted, not ours) is
+    unreadable to the receipt sweep: an ack for it changes nothing and the scan exits 0."""
+    spool.drop("task-1")
+    assert spool.cli("scan", "--once").returncode == 0
+    stored = spool.events / "task-1.callback-envelope.json"
+    doc = json.loads(stored.read_bytes())
+    doc["collector_receipt_status"] = {"planted": True}
+    planted = json.dumps(doc)
+    stored.write_text(planted)
+    assert spool.cli("ack", "task-1").returncode == 0
+    res = spool.cli("scan", "--once", "--json")
+    assert res.returncode == 0, res.stderr
+    assert stored.read_text() == planted

@@ -9,6 +9,7 @@ pass ``envelope.check``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,13 +20,21 @@ from typing import Any
 import attrs
 import pytest
 
-from anu_watchd import envelope
+from anu_watchd import envelope, fsio
 from anu_watchd.config import load_config
 from anu_watchd.pipeline import Pipeline
 from anu_watchd.receipts import ReceiptWatch
 from anu_watchd.runtime import open_pipeline
 from anu_watchd.secret import load_key
-from tests.sinkhelpers import TestHttpServer, child_is_gone, read_sink_calls, set_sink_behaviour
+from tests.fsyncgate import FsyncGate
+from tests.sinkhelpers import (
+    TestHttpServer,
+    call_spans,
+    child_is_gone,
+    most_at_once,
+    read_sink_calls,
+    set_sink_behaviour,
+)
 from tests.sinkhelpers import write_recording_sink as write_sink
 from tests.spool import Spool, json_lines, valid_doc
 
@@ -354,6 +363,60 @@ def test_http_400_is_permanent_after_one_attempt(spool: Spool) -> None:
     assert failed is not None and failed["attempts"] == 1 and "HTTP 400" in failed["error"]
     assert [d["verdict"] for d in rec.escalations()] == ["FIRE_FAILED"]
     assert stored_envelope(spool, "task-1")["registration_result_status"] == "REGISTER_FAILED"
+
+
+# -- wake.concurrency bounds every call out ------------------------------------------------
+
+
+def test_wake_concurrency_bounds_sink_and_update_commands_together(spool: Spool) -> None:
+    """concurrency = 2: of the register and update commands, never more than two at once."""
+    rec = exec_wake(spool, behaviour="slow:300", more="concurrency = 2\n")
+    set_sink_behaviour(rec.update, "slow:300")
+    for i in range(6):
+        spool.drop(f"task-{i}")
+    res = spool.cli("scan", "--once", "--json")
+    assert res.returncode == 0, res.stderr
+    assert verdicts(res.stdout) == {f"task-{i}": "WAKE_BUILT" for i in range(6)}
+    spans = call_spans(rec.sink) + call_spans(rec.update)
+    assert len(spans) == 12
+    assert most_at_once(spans) == 2
+
+
+def test_wake_concurrency_bounds_escalations_too(spool: Spool) -> None:
+    """Failed wakes escalate under the same bound: never more than two commands at once."""
+    rec = exec_wake(spool, behaviour="fail", attempts=1, update=False, more="concurrency = 2\n")
+    set_sink_behaviour(rec.escalate, "slow:300")
+    for i in range(6):
+        spool.drop(f"task-{i}")
+    res = spool.cli("scan", "--once", "--json")
+    assert verdicts(res.stdout) == {f"task-{i}": "FIRE_FAILED" for i in range(6)}
+    spans = call_spans(rec.escalate)
+    assert len(spans) == 6
+    assert most_at_once(spans) == 2
+
+
+async def test_a_reload_that_lowers_concurrency_binds_runs_already_in_flight(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs claimed before a reload to concurrency = 1 and runs after it share one bound:
+    the old and the new value never alternate into fresh, open semaphores."""
+    rec = exec_wake(spool, behaviour="slow:300", update=False, more="concurrency = 2\n")
+    gate = FsyncGate()
+    async with open_stages(spool) as pipeline:
+        monkeypatch.setattr(fsio, "fsync", gate)
+        start = pipeline.pickup
+        before = [asyncio.ensure_future(start(spool.drop(f"task-a{i}"))) for i in range(3)]
+        await asyncio.to_thread(gate.entered.wait, 10)  # their CLAIMED lines are being written
+        st = pipeline.stages
+        wake = attrs.evolve(st.config.wake, concurrency=1)
+        pipeline.stages = attrs.evolve(st, config=attrs.evolve(st.config, wake=wake))
+        after = [asyncio.ensure_future(start(spool.drop(f"task-b{i}"))) for i in range(3)]
+        gate.release.set()
+        outcomes = await asyncio.gather(*before, *after)
+    assert [o.verdict if o else None for o in outcomes] == ["WAKE_BUILT"] * 6
+    spans = call_spans(rec.sink)
+    assert len(spans) == 6
+    assert most_at_once(spans) == 1
 
 
 # -- receipts, in process: the sweep the daemon runs, against real files --------------------

@@ -18,7 +18,6 @@ import asyncio
 import os
 import random
 import secrets
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from anu_watchd.daemon import Daemon
 from anu_watchd.errors import DurabilityError
 from anu_watchd.ledger import Ledger
 from anu_watchd.model import LedgerEntry, LedgerState
+from tests.fsyncgate import FsyncGate
 from tests.reliability.blockdev import FailingDisk, why_not
 from tests.reliability.harness import (
     EVIDENCE,
@@ -146,19 +146,6 @@ def test_every_fsync_position_failing_is_fatal_and_recovers_without_loss(
 
 
 # -- the fail-stop pieces ---------------------------------------------------------------------
-
-
-class FsyncGate:
-    """At the fsync seam: holds every fsync until released, so a flush is caught mid-way."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, fd: int) -> None:
-        self.entered.set()
-        assert self.release.wait(10), "the fsync gate was never released"
-        os.fsync(fd)
 
 
 async def test_a_halted_append_log_drops_queued_lines_and_refuses_new_ones(

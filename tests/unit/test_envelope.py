@@ -305,6 +305,31 @@ def test_check_reports_missing_keys_and_non_objects() -> None:
     assert envelope.check([]) == ["an envelope is a JSON object, got list"]
 
 
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(sorted(envelope.KEYS)), value=_JSON_VALUES)
+def test_check_reports_any_json_value_at_any_key_and_never_raises(key: str, value: Any) -> None:
+    """A planted envelope file can hold anything JSON can: check() names a problem (or
+    accepts it), never raises; a list or object at a status field is unhashable."""
+    env = _registered() | {key: value}
+    problems = envelope.check(env)
+    assert isinstance(problems, list)
+    if key.endswith("_status") and not isinstance(value, str):
+        assert any(key in p for p in problems)
+
+
+def test_decode_refuses_a_nesting_bomb_with_a_typed_error() -> None:
+    """Brackets nested past the interpreter's recursion limit are an EnvelopeError."""
+    with pytest.raises(EnvelopeError, match="not UTF-8 JSON"):
+        envelope.decode(b"[" * 20_000)
+
+
 def _allowed(
     intent: bool, tried: bool, legacy: bool, res: R, dlv: D, rcp: C, sid: bool, at: bool, err: bool
 ) -> bool:

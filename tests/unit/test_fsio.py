@@ -474,3 +474,47 @@ def test_ensure_dir_creates_missing_parents_durably(tmp_path: Path, seam: FsyncS
     parents = (tmp_path, tmp_path / "a")
     assert all(same_inode(c.st, p) for c, p in zip(seam.calls, parents, strict=True))
     assert fsio.ensure_dir(target) is False
+
+
+# -- read_state: our small state files, in directories others can write to -------------
+
+
+def test_read_state_reads_a_regular_file_up_to_its_limit(tmp_path: Path) -> None:
+    """A marker-sized file comes back whole; a longer one only up to ``max_bytes``."""
+    path = tmp_path / "task-1.pickup.done"
+    path.write_bytes(b'{"verdict":"WAKE_BUILT"}\n')
+    assert fsio.read_state(path, 1024) == b'{"verdict":"WAKE_BUILT"}\n'
+    assert fsio.read_state(path, 4) == b'{"ve'
+
+
+def test_read_state_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """A FIFO with no writer is refused at once (a plain open() would block forever)."""
+    fifo = tmp_path / "task-1.pickup.done"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        fsio.read_state(fifo, 1024)
+
+
+def test_read_state_refuses_a_symlink_and_a_directory(tmp_path: Path) -> None:
+    """A symlink is not followed (ELOOP); a directory is not a state file."""
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"{}")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(OSError) as link:
+        fsio.read_state(tmp_path / "link", 1024)
+    assert link.value.errno == errno.ELOOP
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(OSError):
+        fsio.read_state(tmp_path / "dir", 1024)
+
+
+def test_read_state_follows_a_symlink_only_when_asked(tmp_path: Path) -> None:
+    """The operator's enable flag may be a symlink to a regular file; a FIFO behind one is
+    still refused without blocking."""
+    (tmp_path / "flag-target").write_bytes(b"true\n")
+    (tmp_path / "flag").symlink_to(tmp_path / "flag-target")
+    assert fsio.read_state(tmp_path / "flag", 64, follow=True) == b"true\n"
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "to-fifo").symlink_to(tmp_path / "fifo")
+    with pytest.raises(OSError, match="not a regular file"):
+        fsio.read_state(tmp_path / "to-fifo", 64, follow=True)
