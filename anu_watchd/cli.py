@@ -213,9 +213,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         return EX_OK
     if not args.name:
         raise UsageError("quarantine release needs NAME (as `quarantine list` shows it)")
-    # Names are given as listed. The escaping is one-to-one (a backslash is doubled), so a
-    # name holding a newline and one holding a backslash and an "n" never show alike.
-    name = next((e.name for e in entries if _shown(e.name) == args.name), args.name)
+    # NAME as listed, or exactly (from --json). Listed forms are one-to-one (a backslash is
+    # doubled), but one entry's exact name can be another's listed form: then refuse.
+    named = {e.name for e in entries if args.name in (e.name, _shown(e.name))}
+    if len(named) > 1:
+        raise UsageError(
+            f"{args.name!r} is one entry's name and another's listed form; "
+            "give the form `quarantine list` shows"
+        )
+    name = named.pop() if named else args.name
     try:
         dest = quarantine.release(spool.quarantine_dir, name, spool.events_dir)
     except FileNotFoundError:

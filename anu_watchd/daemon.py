@@ -297,10 +297,10 @@ class Daemon:
             return
         for task_id in await asyncio.to_thread(scan.list_retry_requests, spool.events_dir):
             await self._on_retry(task_id)
-        paths = await asyncio.to_thread(scan.list_results, spool.events_dir, spool.result_glob)
-        _log.info("rescan_started", reasons=reasons, listed=len(paths))
-        for path in paths:
-            await self.enqueue(path)
+        names = await asyncio.to_thread(scan.list_results, spool.events_dir, spool.result_glob)
+        _log.info("rescan_started", reasons=reasons, listed=len(names))
+        for name in names:  # a Path only once its turn comes (the queue is bounded)
+            await self.enqueue(spool.events_dir / name)
 
     async def _receipt_sweeper(self) -> None:
         while True:

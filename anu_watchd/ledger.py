@@ -281,6 +281,16 @@ def _cut(path: Path, size: int, covered: int | None) -> None:
     _truncate(path, size)
 
 
+def _sync(path: Path, fd: int) -> None:
+    """A process killed between its write and its fsync leaves lines that are only in the
+    page cache: make what was indexed durable before anything relies on it (a skipped
+    wake, a checkpoint over those bytes)."""
+    try:
+        fsio.fsync(fd)
+    except OSError as exc:
+        raise DurabilityError(f"{path}: cannot make the ledger durable: {exc}") from exc
+
+
 def _truncate(path: Path, size: int) -> None:
     """Cut the file to ``size`` bytes, durably; safe only for the single writer."""
     try:
@@ -353,10 +363,7 @@ class Ledger:
                 loader, covered = _start(path, fh)
                 torn = _load(loader, fh)
                 if not torn:  # else the truncation's fsync below does it
-                    # A process killed between its write and its fsync leaves lines that are
-                    # only in the page cache; make what was indexed durable before anything
-                    # relies on it (a skipped wake, a checkpoint over those bytes).
-                    fsio.fsync(fh.fileno())
+                    _sync(path, fh.fileno())
         except FileNotFoundError:
             ledgerindex.discard(path, "there is no ledger")
             return cls(path, {}, {}, checkpoint_min_bytes=checkpoint_min_bytes)

@@ -55,6 +55,7 @@ from anu_watchd.model import (
 )
 from anu_watchd.projections import ProjectionWriter
 from anu_watchd.sinks.base import RetryPolicy, Sink, Sleep, WakeFailed, register_with_retries
+from anu_watchd.slots import Slots
 from anu_watchd.validate import Rules, validate
 
 _log = structlog.get_logger("anu_watchd.pipeline")
@@ -127,7 +128,7 @@ class Pipeline:
     def __init__(self, stages: Stages) -> None:
         self._stages = stages
         self._locks: dict[str, list[Any]] = {}
-        self._slots = asyncio.Semaphore(stages.config.wake.concurrency)
+        self._slots = Slots(stages.config.wake.concurrency)
 
     @property
     def stages(self) -> Stages:
@@ -135,13 +136,8 @@ class Pipeline:
 
     @stages.setter
     def stages(self, new: Stages) -> None:
-        """Swap the stages (a reload); a new ``wake.concurrency`` takes effect for new calls.
-
-        The semaphore is replaced here, once, never from inside a run: runs holding the old
-        one release it, and calls from now on take the new one.
-        """
-        if new.config.wake.concurrency != self._stages.config.wake.concurrency:
-            self._slots = asyncio.Semaphore(new.config.wake.concurrency)
+        """Swap the stages (a reload); a new ``wake.concurrency`` binds every waiting call."""
+        self._slots.resize(new.config.wake.concurrency)
         self._stages = new
 
     # -- entry points -----------------------------------------------------------
@@ -441,18 +437,19 @@ class Pipeline:
         """Rewrite a missing, unreadable or stale marker from the ledger; return its error."""
         path = files.marker_for(entry.state)
         doc = await asyncio.to_thread(markers.read_json, path)
-        error = doc.get("error") if doc else None
-        if (
-            doc is not None
-            and doc.get("idempotency_key") == entry.key
-            and markers.stamp_matches(doc, stamp)
-        ):
-            return error if isinstance(error, str) else None
-        attempts = int(doc.get("attempts", entry.attempt)) if doc else entry.attempt
+        # Only a marker of this very wake lends its fields, and only well-typed ones: the file
+        # may be another wake's, or planted ({"attempts": {}} must not stop the daemon).
+        own = doc if doc is not None and doc.get("idempotency_key") == entry.key else {}
+        error = own.get("error") if isinstance(own.get("error"), str) else None
+        if own and markers.stamp_matches(own, stamp):
+            return error
+        attempts = own.get("attempts")
+        if type(attempts) is not int or attempts < 1:
+            attempts = entry.attempt
         fresh = markers.marker_doc(entry, attempts=attempts, ts=entry.ts, error=error, stamp=stamp)
         await _durable(markers.write_json, path, fresh)
         _log.info("marker_repaired", task_id=files.task_id, marker=path.name)
-        return error if isinstance(error, str) else None
+        return error
 
     async def _repair_envelope(
         self,

@@ -130,6 +130,30 @@ def test_two_names_that_would_show_alike_are_listed_apart_and_released_one_by_on
     assert (spool.events / newline).exists()
 
 
+def test_a_name_that_is_another_entrys_listed_form_is_refused_as_ambiguous(
+    spool: Spool,
+) -> None:
+    """One entry is literally named as another's listed form: that string names two
+    entries, so release refuses it (64) and releases nothing; the listed forms still work."""
+    newline = "task-1\nx.result.json"
+    (spool.events / newline).write_text(json.dumps(valid_doc("task-1")))
+    spool.cli("scan", "--once")
+    qdir = spool.events / "quarantine"
+    [entry] = [p for p in qdir.iterdir() if not p.name.endswith(".reason.json")]
+    shown = entry.name.replace("\n", "\\n")  # how `quarantine list` shows it
+    # A second entry whose exact name is that listed form (a backslash and an "n").
+    twin = qdir / shown
+    twin.write_text(json.dumps(valid_doc("task-2")))
+    (qdir / (shown + ".reason.json")).write_bytes(
+        (qdir / (entry.name + ".reason.json")).read_bytes()
+    )
+    refused = spool.cli("quarantine", "release", shown)
+    assert refused.returncode == 64 and "listed form" in refused.stderr
+    assert entry.exists() and twin.exists()
+    assert spool.cli("quarantine", "release", shown.replace("\\", "\\\\")).returncode == 0
+    assert not twin.exists() and entry.exists()
+
+
 def test_a_nesting_bomb_sidecar_is_listed_without_its_reason(spool: Spool) -> None:
     """quarantine list survives a sidecar of 20,000 brackets: the entry is still listed."""
     spool.drop("task-1", valid_doc("task-1", collector="zeus"))

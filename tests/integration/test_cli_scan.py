@@ -195,3 +195,23 @@ def test_an_ack_for_an_envelope_with_an_object_status_is_ignored_not_fatal(spool
     res = spool.cli("scan", "--once", "--json")
     assert res.returncode == 0, res.stderr
     assert stored.read_text() == planted
+
+
+@pytest.mark.parametrize("attempts", ["{}", '"x"', "1e400", "-3", "null"])
+def test_a_planted_marker_with_a_bad_attempts_field_is_repaired_not_fatal(
+    spool: Spool, attempts: str
+) -> None:
+    """A done marker carrying the wake's key but an ``attempts`` that is no count is
+    rewritten from the ledger (attempts from the ledger), and the scan exits 0."""
+    spool.drop("task-1")
+    assert spool.cli("scan", "--once").returncode == 0
+    marker = spool.marker("task-1")
+    assert marker is not None
+    planted = f'{{"idempotency_key": "{marker["idempotency_key"]}", "attempts": {attempts}}}'
+    (spool.events / "task-1.pickup.done").write_text(planted)
+    res = spool.cli("scan", "--once", "--json")
+    assert res.returncode == 0, res.stderr
+    assert _by_task(res.stdout)["task-1"]["verdict"] == "PICKUP_SKIP"
+    repaired = spool.marker("task-1")
+    assert repaired is not None
+    assert (repaired["verdict"], repaired["attempts"]) == ("WAKE_BUILT", 1)

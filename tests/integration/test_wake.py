@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -417,6 +417,35 @@ async def test_a_reload_that_lowers_concurrency_binds_runs_already_in_flight(
     spans = call_spans(rec.sink)
     assert len(spans) == 6
     assert most_at_once(spans) == 1
+
+
+async def until(condition: Callable[[], bool], *, deadline_s: float = 10.0) -> None:
+    """Wait, without blocking the loop, until ``condition()`` holds; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not condition():
+        assert loop.time() < end, "condition not reached by the deadline"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_reload_that_lowers_concurrency_binds_runs_already_waiting(spool: Spool) -> None:
+    """concurrency 2 -> 1 while two sink calls are out and two runs wait for a slot, then
+    two more runs arrive: never more than the two calls already out, one at a time after."""
+    rec = exec_wake(spool, behaviour="slow:400", update=False, more="concurrency = 2\n")
+    async with open_stages(spool) as pipeline:
+        start = pipeline.pickup
+        before = [asyncio.ensure_future(start(spool.drop(f"task-a{i}"))) for i in range(4)]
+        await until(lambda: len(read_sink_calls(rec.sink)) == 2)
+        st = pipeline.stages
+        wake = attrs.evolve(st.config.wake, concurrency=1)
+        pipeline.stages = attrs.evolve(st, config=attrs.evolve(st.config, wake=wake))
+        after = [asyncio.ensure_future(start(spool.drop(f"task-b{i}"))) for i in range(2)]
+        outcomes = await asyncio.gather(*before, *after)
+    assert [o.verdict if o else None for o in outcomes] == ["WAKE_BUILT"] * 6
+    spans = sorted(call_spans(rec.sink))
+    assert len(spans) == 6
+    assert most_at_once(spans) == 2
+    assert most_at_once(spans[2:]) == 1  # every call that started after the reload
 
 
 # -- receipts, in process: the sweep the daemon runs, against real files --------------------

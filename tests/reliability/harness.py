@@ -257,8 +257,8 @@ async def life(spool: Spool, sink: RecordingSink, *, recover: bool) -> None:
             await scan.recover(pipeline)
             await scan.reconcile(pipeline)
             return
-        for path in scan.list_results(spool.events, "task-*.result.json"):
-            await pipeline.pickup(path)
+        for name in scan.list_results(spool.events, "task-*.result.json"):
+            await pipeline.pickup(spool.events / name)
 
 
 # -- the fsync fault ------------------------------------------------------------------

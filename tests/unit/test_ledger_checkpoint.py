@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from anu_watchd import fsio, ledger, ledgerindex
 from anu_watchd.appendlog import encode
-from anu_watchd.errors import LedgerCorruptError
+from anu_watchd.errors import DurabilityError, LedgerCorruptError
 from anu_watchd.ledger import Ledger
 from anu_watchd.model import FourTuple, LedgerEntry, LedgerState
 
@@ -260,6 +260,16 @@ async def test_a_close_whose_last_flush_fails_writes_no_checkpoint(
         await queued
     assert "ledger_checkpoint_not_written" not in events(logs)
     assert ckpt.read_bytes() == before
+
+
+def test_an_fsync_failure_at_open_is_fatal_and_says_what_failed(
+    path: Path, seam: FsyncSeam
+) -> None:
+    """The open's fsync fails: DurabilityError (exit 70), naming durability, not reading."""
+    path.write_bytes(raw(history()))
+    seam.fail = {seam.calls + 1}
+    with pytest.raises(DurabilityError, match="cannot make the ledger durable"):
+        Ledger.open(path)
 
 
 def test_open_makes_what_it_indexed_durable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
