@@ -26,6 +26,7 @@ import asyncio
 import errno
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,14 @@ class _Pending:
 class AppendLog:
     """An append-only JSON-lines file; use :meth:`open`."""
 
-    def __init__(self, path: Path, fd: int, size: int) -> None:
+    def __init__(
+        self, path: Path, fd: int, size: int, fail_stop: threading.Event | None = None
+    ) -> None:
         self.path = path
+        # Shared by every durable writer of one daemon (ledger, evidence, projections): the
+        # first writer thread whose write or fsync fails sets it, and the others stop before
+        # their next one, without waiting for the event loop to hear of the failure.
+        self._fail_stop = fail_stop if fail_stop is not None else threading.Event()
         self._fd = fd
         self._end = size  # offset of the next line: single writer, O_APPEND
         self._pending: list[_Pending] = []
@@ -87,7 +94,7 @@ class AppendLog:
         self._flushes = 0
 
     @classmethod
-    def open(cls, path: Path) -> AppendLog:
+    def open(cls, path: Path, *, fail_stop: threading.Event | None = None) -> AppendLog:
         """Open (or create, making its directory entry durable) the log at ``path``."""
         try:
             fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
@@ -102,7 +109,7 @@ class AppendLog:
         except OSError as exc:
             os.close(fd)
             raise _error(f"{path}: cannot open for appending: {exc}", exc) from exc
-        return cls(path, fd, size)
+        return cls(path, fd, size, fail_stop)
 
     @property
     def healthy(self) -> bool:
@@ -201,11 +208,16 @@ class AppendLog:
             base += len(p.line)
 
     def _write_durably(self, data: bytes) -> None:
-        written = _write(self._fd, data)
-        if written != len(data):
-            # As PostgreSQL does: a short write without errno is taken as a full disk.
-            raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
-        fsio.fsync(self._fd)
+        fsio.check_halted(self._fail_stop)
+        try:
+            written = _write(self._fd, data)
+            if written != len(data):
+                # As PostgreSQL does: a short write without errno is taken as a full disk.
+                raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
+            fsio.fsync(self._fd)
+        except OSError:
+            self._fail_stop.set()
+            raise
 
     def _done(self, lines: int, data: bytes) -> None:
         self._end += len(data)
@@ -220,6 +232,7 @@ class AppendLog:
         A flush already running in its thread finishes (its bytes were handed to
         the kernel before the error was known); nothing queued is written after it.
         """
+        self._fail_stop.set()
         if self._cause is not None:
             return
         self._cause = cause

@@ -145,12 +145,12 @@ def atomic_write_many(
             temps.append((tmp, current, fd))
             _write_all(fd, data)
         for i, (tmp, current, fd) in enumerate(temps):
-            _check_halted(halted)
+            check_halted(halted)
             fsync(fd)
             os.close(fd)
             temps[i] = (tmp, current, -1)
         for tmp, current, _ in temps:
-            _check_halted(halted)
+            check_halted(halted)
             os.rename(tmp, current)
     except OSError as exc:
         _abandon(temps)
@@ -166,7 +166,8 @@ def atomic_write_many(
         _sync_dir_after(directory, f"{len(writes)} writes and {len(remove)} removals")
 
 
-def _check_halted(halted: threading.Event | None) -> None:
+def check_halted(halted: threading.Event | None) -> None:
+    """Raise ECANCELED once ``halted`` is set: a writer thread's check before its next step."""
     if halted is not None and halted.is_set():
         raise OSError(errno.ECANCELED, "halted after a fatal error elsewhere")
 

@@ -43,6 +43,7 @@ import collections
 import functools
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -333,8 +334,10 @@ class Ledger:
         lines: int = 0,
         saved: int | None = None,
         checkpoint_min_bytes: int = CHECKPOINT_MIN_BYTES,
+        fail_stop: threading.Event | None = None,
     ) -> None:
         self.path = path
+        self._fail_stop = fail_stop
         self._keys = keys
         self._tasks = tasks
         self._counts = collections.Counter(map((7).__and__, keys.values()))
@@ -352,11 +355,18 @@ class Ledger:
         self._closed = False
 
     @classmethod
-    def open(cls, path: Path, *, checkpoint_min_bytes: int = CHECKPOINT_MIN_BYTES) -> Ledger:
+    def open(
+        cls,
+        path: Path,
+        *,
+        checkpoint_min_bytes: int = CHECKPOINT_MIN_BYTES,
+        fail_stop: threading.Event | None = None,
+    ) -> Ledger:
         """Load and recover the ledger at ``path`` (blocking; run at start-up, under the lock).
 
         ``checkpoint_min_bytes``: a smaller ledger gets no checkpoint at close, and a
         checkpoint is rewritten only once that many bytes follow what it covers.
+        ``fail_stop``: shared with the daemon's other writers (see ``AppendLog``).
         """
         try:
             with open(path, "rb", buffering=0) as fh:
@@ -366,7 +376,7 @@ class Ledger:
                     _sync(path, fh.fileno())
         except FileNotFoundError:
             ledgerindex.discard(path, "there is no ledger")
-            return cls(path, {}, {}, checkpoint_min_bytes=checkpoint_min_bytes)
+            return cls(path, {}, {}, checkpoint_min_bytes=checkpoint_min_bytes, fail_stop=fail_stop)
         except DurabilityError:  # LedgerCorruptError is an OSError too: let it through as is
             raise
         except OSError as exc:
@@ -382,6 +392,7 @@ class Ledger:
             lines=loader.lineno,
             saved=covered if covered is not None and covered <= loader.offset else None,
             checkpoint_min_bytes=checkpoint_min_bytes,
+            fail_stop=fail_stop,
         )
 
     # -- queries ----------------------------------------------------------------
@@ -470,7 +481,7 @@ class Ledger:
 
     async def _open_log(self) -> AppendLog:
         try:
-            return await asyncio.to_thread(AppendLog.open, self.path)
+            return await asyncio.to_thread(AppendLog.open, self.path, fail_stop=self._fail_stop)
         except DurabilityError as exc:
             self._broken = exc
             raise

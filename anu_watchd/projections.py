@@ -30,11 +30,14 @@ _Job = tuple[Sequence[tuple[Path, bytes]], Sequence[Path], "asyncio.Future[None]
 class ProjectionWriter:
     """Batches concurrent runs' projection writes; one flusher task at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_stop: threading.Event | None = None) -> None:
         self._pending: list[_Job] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: DurabilityError | None = None
-        self._halted = threading.Event()  # read by the writer thread
+        # Read by the writer thread before each fsync and rename; shared with the append
+        # logs of the same daemon, so a failed ledger fsync stops a batch already in its
+        # thread at once, not when the event loop gets to halt() (see AppendLog).
+        self._halted = fail_stop if fail_stop is not None else threading.Event()
 
     async def write(
         self, writes: Sequence[tuple[Path, bytes]], *, remove: Sequence[Path] = ()
@@ -75,9 +78,7 @@ class ProjectionWriter:
         writes = [w for ws, _, _ in batch for w in ws]
         remove = [r for _, rs, _ in batch for r in rs]
         try:
-            await asyncio.to_thread(
-                fsio.atomic_write_many, writes, remove=remove, halted=self._halted
-            )
+            await asyncio.to_thread(self._write, writes, remove)
         except BaseException as exc:
             self._failure = self._failure or _fatal(exc)
             for _, _, done in batch:
@@ -89,6 +90,14 @@ class ProjectionWriter:
         for _, _, done in batch:
             if not done.done():  # a cancelled run (halt) no longer waits
                 done.set_result(None)
+
+    def _write(self, writes: list[tuple[Path, bytes]], remove: list[Path]) -> None:
+        """In the writer thread: a failure stops the daemon's other writers at once."""
+        try:
+            fsio.atomic_write_many(writes, remove=remove, halted=self._halted)
+        except OSError:
+            self._halted.set()
+            raise
 
 
 def _fatal(exc: BaseException) -> DurabilityError:

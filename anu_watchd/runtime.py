@@ -7,6 +7,7 @@ hold the instance lock: the ledger has a single writer.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,10 +50,13 @@ def ensure_dirs(config: Config) -> None:
 async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[Pipeline]:
     """Recover the ledger and yield a ready Pipeline; flush and close on exit."""
     ensure_dirs(config)
-    ledger = Ledger.open(config.spool.ledger)
-    evidence = AppendLog.open(config.spool.evidence_log)
+    # One fail-stop flag for every durable writer: the first failed write or fsync, in any
+    # writer thread, stops the others before their next one (SPEC section 7).
+    fail_stop = threading.Event()
+    ledger = Ledger.open(config.spool.ledger, fail_stop=fail_stop)
+    evidence = AppendLog.open(config.spool.evidence_log, fail_stop=fail_stop)
     sink = build_sink(config, key)
-    projections = ProjectionWriter()
+    projections = ProjectionWriter(fail_stop)
     try:
         yield Pipeline(
             Stages(

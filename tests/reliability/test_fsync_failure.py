@@ -55,10 +55,11 @@ from tests.reliability.harness import (
 from tests.spool import Spool
 
 RESULTS = 3  # per position: enough for a failure before, during and after other runs
-# What writes already inside a thread at the failure may still fsync before the daemon halts
-# them: the flush of each log in flight, and the projection writer's batch up to its next
-# check of the halt flag (a few files and their directory). A daemon that kept going would
-# make hundreds.
+# What writes already inside a thread at the failure may still fsync: each writer thread
+# that passed its check of the shared fail-stop flag just before it was set (a log flush, a
+# projection file and its directory), and a one-off state write (a failed marker) in flight.
+# Without the flag a projection batch ran on until the loop halted it (14 seen under
+# `make soak`); a daemon that kept going would make hundreds.
 IN_FLIGHT_FSYNCS = 3 * 3 + 2
 
 

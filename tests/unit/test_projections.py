@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from anu_watchd import fsio
+from anu_watchd.appendlog import AppendLog
 from anu_watchd.errors import DurabilityError, NotWrittenError
 from anu_watchd.projections import ProjectionWriter
 
@@ -122,3 +123,41 @@ async def test_halt_fails_queued_and_later_writes(tmp_path: Path) -> None:
     with pytest.raises(DurabilityError, match="ledger fsync failed"):
         await writer.write([(tmp_path / "after", b"x")])
     assert _names(tmp_path) == {"before"}
+
+
+async def test_a_failed_append_log_fsync_stops_a_batch_already_in_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger fsync fails while a projection batch is inside its first fsync: the shared
+    fail-stop flag, set in the ledger's thread, stops the batch before its next fsync,
+    with no halt() from the event loop."""
+    fail_stop = threading.Event()
+    log = AppendLog.open(tmp_path / "ledger.jsonl", fail_stop=fail_stop)
+    writer = ProjectionWriter(fail_stop)
+    out = tmp_path / "events"
+    out.mkdir()
+    entered, release = threading.Event(), threading.Event()
+    projection_fsyncs: list[str] = []
+
+    def seam(fd: int) -> None:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name == "ledger.jsonl":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        projection_fsyncs.append(name)
+        if len(projection_fsyncs) == 1:
+            entered.set()
+            assert release.wait(10), "never released"
+        os.fsync(fd)
+
+    monkeypatch.setattr(fsio, "fsync", seam)
+    batch = asyncio.ensure_future(writer.write([(out / f"f{i}", b"x") for i in range(4)]))
+    await asyncio.to_thread(entered.wait, 10)  # the batch is inside its first fsync
+    with pytest.raises(DurabilityError):
+        await log.append({"n": 1})  # the ledger's fsync fails in its own thread
+    assert fail_stop.is_set()
+    release.set()
+    with pytest.raises(DurabilityError):
+        await batch
+    assert len(projection_fsyncs) == 1
+    assert sorted(p.name for p in out.iterdir() if not fsio.is_temp_name(p.name)) == []
+    await log.aclose()
