@@ -113,8 +113,8 @@ class AppendLog:
 
     @property
     def healthy(self) -> bool:
-        """False once poisoned (or closed): the daemon's watchdog stops pinging."""
-        return self._cause is None and not self._closed
+        """False once poisoned, closed, or another writer failed: the watchdog stops pinging."""
+        return self._cause is None and not self._closed and not self._fail_stop.is_set()
 
     @property
     def failure(self) -> BaseException | None:

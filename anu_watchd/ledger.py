@@ -438,7 +438,8 @@ class Ledger:
     def healthy(self) -> bool:
         """False once a write failed (the ledger is poisoned) or after close."""
         log_ok = self._log is None or self._log.healthy
-        return self._broken is None and not self._closed and log_ok
+        stopped = self._fail_stop is not None and self._fail_stop.is_set()
+        return self._broken is None and not self._closed and log_ok and not stopped
 
     # -- writing ----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import asyncio
 import fnmatch
 import hashlib
 import os
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -244,6 +245,7 @@ class Pipeline:
         key = four.idempotency_key
         run.log = run.log.bind(idempotency_key=key)
         files = TaskFiles(path.parent, result.task_id)
+        await self._clear_way(run, files)
         prior = run.st.ledger.get(key)
         if prior is not None and prior.state.terminal:
             error = await self._repair_marker(files, prior, stamp)
@@ -285,6 +287,31 @@ class Pipeline:
         if error is not None:
             return await self._fire_failed(run, files, terminal, env, stamp, error, attempts)
         return await self._wake_built(run, files, terminal, env, stamp, attempts)
+
+    async def _clear_way(self, run: _Run, files: TaskFiles) -> None:
+        """Quarantine a directory planted where this task's markers or envelope go.
+
+        We never make one there, and a rename or unlink onto a directory fails (EISDIR):
+        left in place it would stop the daemon at every start. Other kinds of file are
+        simply replaced by the rename. Four lstats a wake, on the loop: ~2 us each.
+        """
+        for path in (files.done, files.failed, files.envelope, files.acked):
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+            except OSError:
+                continue
+            dest = await _durable(
+                quarantine.quarantine,
+                path,
+                run.st.config.spool.quarantine_dir,
+                QuarantineReason.NOT_REGULAR_FILE,
+                "a directory where the daemon writes this task's state",
+                now=run.st.clock(),
+            )
+            run.log.warning(
+                "state_path_quarantined", state_path=path.name, quarantined_as=dest.name
+            )
 
     async def _wake(
         self, run: _Run, claimed: LedgerEntry, body: bytes

@@ -21,8 +21,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from anu_watchd import fsio
 from anu_watchd.errors import DurabilityError
+
+_log = structlog.get_logger("anu_watchd.projections")
 
 _Job = tuple[Sequence[tuple[Path, bytes]], Sequence[Path], "asyncio.Future[None]"]
 
@@ -50,6 +54,11 @@ class ProjectionWriter:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="projection-writer")
         await done
+
+    async def aclose(self) -> None:
+        """Wait for the batches in flight: their runs may be gone (cancelled), not their fate."""
+        while self._flusher is not None:
+            await asyncio.wait([self._flusher])
 
     def halt(self, cause: BaseException) -> None:
         """Fail-stop after a fatal error elsewhere: write nothing more, fail what is queued."""
@@ -80,6 +89,8 @@ class ProjectionWriter:
         try:
             await asyncio.to_thread(self._write, writes, remove)
         except BaseException as exc:
+            if isinstance(exc, Exception):  # its callers may be gone: say it here, once
+                _log.error("projection_write_failed", error=str(exc), files=len(writes))
             self._failure = self._failure or _fatal(exc)
             for _, _, done in batch:
                 if not done.done():

@@ -76,5 +76,10 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
         raise
     finally:
         await sink.aclose()
+        await projections.aclose()
         await evidence.aclose()
         await ledger.aclose()
+    if fail_stop.is_set():
+        # A write failed in its thread after the run waiting for it was cancelled (a drain
+        # that timed out): nobody raised, but the failure is no less fatal (exit 70).
+        raise DurabilityError("a state write failed during shutdown (logged above)")

@@ -215,3 +215,25 @@ def test_a_planted_marker_with_a_bad_attempts_field_is_repaired_not_fatal(
     repaired = spool.marker("task-1")
     assert repaired is not None
     assert (repaired["verdict"], repaired["attempts"]) == ("WAKE_BUILT", 1)
+
+
+def test_directories_planted_at_state_paths_are_quarantined_and_the_result_woken(
+    spool: Spool,
+) -> None:
+    """Directories where the done and failed markers, the envelope and the ack go would make
+    every rename or unlink there fail (exit 70 at every start): each is quarantined as
+    NOT_REGULAR_FILE, and the result is woken as usual."""
+    suffixes = (".pickup.done", ".pickup.failed", ".callback-envelope.json", ".pickup.acked")
+    for suffix in suffixes:
+        (spool.events / f"task-1{suffix}").mkdir()
+        (spool.events / f"task-1{suffix}" / "inside").write_text("kept")
+    spool.drop("task-1")
+    res = spool.cli("scan", "--once", "--json")
+    assert res.returncode == 0, res.stderr
+    assert _by_task(res.stdout)["task-1"]["verdict"] == "WAKE_BUILT"
+    marker = spool.marker("task-1")
+    assert marker is not None and marker["verdict"] == "WAKE_BUILT"
+    reasons = [q["reason"] for q in spool.quarantined()]
+    assert reasons == ["NOT_REGULAR_FILE"] * len(suffixes)
+    moved = [p for p in (spool.events / "quarantine").iterdir() if p.is_dir()]
+    assert sorted((p / "inside").read_text() for p in moved) == ["kept"] * len(suffixes)

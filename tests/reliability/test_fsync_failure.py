@@ -15,9 +15,11 @@ backing store, or device-mapper's error target) does the same to the real daemon
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,13 @@ import pytest
 
 from anu_watchd import cli, fsio
 from anu_watchd.appendlog import AppendLog
+from anu_watchd.config import load_config
 from anu_watchd.daemon import Daemon
 from anu_watchd.errors import DurabilityError
 from anu_watchd.ledger import Ledger
 from anu_watchd.model import LedgerEntry, LedgerState
+from anu_watchd.runtime import open_pipeline
+from anu_watchd.secret import load_key
 from tests.fsyncgate import FsyncGate
 from tests.reliability.blockdev import FailingDisk, why_not
 from tests.reliability.harness import (
@@ -319,3 +324,42 @@ def test_real_device_running_out_of_blocks_is_fatal_and_recovers(tmp_path: Path)
 def test_real_device_mapper_error_target_is_fatal_and_recovers(tmp_path: Path) -> None:
     """The same on device-mapper's error target (every I/O fails with EIO)."""
     _real_device_scenario(tmp_path, "dm-error")
+
+
+class FailAfterGate:
+    """At the fsync seam: the first fsync of a done-marker temp waits for ``release``, then
+    fails with EIO; every other fsync is real."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, fd: int) -> None:
+        if ".pickup.done." in os.readlink(f"/proc/self/fd/{fd}") and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(10), "never released"
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fsync(fd)
+
+
+async def test_a_write_failing_after_its_run_was_cancelled_still_ends_in_70(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run waiting for its done marker is cancelled (a drain that timed out), then that
+    fsync fails in the writer thread: nobody is left to raise, yet leaving open_pipeline
+    raises DurabilityError (exit 70), and the ledger reports unhealthy (no checkpoint)."""
+    spool = Spool(tmp_path)
+    path = spool.drop("task-1")
+    config = load_config(spool.config)
+    gate = FailAfterGate()
+    with pytest.raises(DurabilityError, match="during shutdown"):
+        async with open_pipeline(config, load_key(config.key.file, root=config.root)) as pipeline:
+            ledger = pipeline.stages.ledger
+            monkeypatch.setattr(fsio, "fsync", gate)
+            run = asyncio.ensure_future(pipeline.pickup(path))
+            await asyncio.to_thread(gate.entered.wait, 10)  # the marker's fsync is under way
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            gate.release.set()
+    assert not ledger.healthy
