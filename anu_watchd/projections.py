@@ -38,6 +38,7 @@ class ProjectionWriter:
         self._pending: list[_Job] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: DurabilityError | None = None
+        self._halted_for: BaseException | None = None  # halt(): a fatal error seen elsewhere
         # Read by the writer thread before each fsync and rename; shared with the append
         # logs of the same daemon, so a failed ledger fsync stops a batch already in its
         # thread at once, not when the event loop gets to halt() (see AppendLog).
@@ -55,6 +56,11 @@ class ProjectionWriter:
             self._flusher = asyncio.create_task(self._flush_loop(), name="projection-writer")
         await done
 
+    @property
+    def halted(self) -> bool:
+        """True once ``halt`` was called: the fatal error was seen, and is being handled."""
+        return self._halted_for is not None
+
     async def aclose(self) -> None:
         """Wait for the batches in flight: their runs may be gone (cancelled), not their fate."""
         while self._flusher is not None:
@@ -62,6 +68,7 @@ class ProjectionWriter:
 
     def halt(self, cause: BaseException) -> None:
         """Fail-stop after a fatal error elsewhere: write nothing more, fail what is queued."""
+        self._halted_for = self._halted_for or cause
         self._halted.set()
         if self._failure is None:
             self._failure = _fatal(cause)

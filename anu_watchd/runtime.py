@@ -79,7 +79,8 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
         await projections.aclose()
         await evidence.aclose()
         await ledger.aclose()
-    if fail_stop.is_set():
+    if fail_stop.is_set() and not projections.halted:
         # A write failed in its thread after the run waiting for it was cancelled (a drain
-        # that timed out): nobody raised, but the failure is no less fatal (exit 70).
-        raise DurabilityError("a state write failed during shutdown (logged above)")
+        # that timed out): nobody raised, nobody halted, but it is no less fatal (exit 70).
+        # (Every fatal error that was seen went through halt(): it is already handled.)
+        raise DurabilityError("a state write failed after its run was cancelled (logged above)")

@@ -137,10 +137,12 @@ def test_watchdog_pings_arrive(spool: Spool) -> None:
 
 
 def test_losing_the_events_directory_exits_70(spool: Spool, daemon: DaemonProc) -> None:
-    """Deleting the watched directory is fatal: exit 70 so systemd restarts the service."""
+    """Deleting the watched directory is fatal: exit 70 so systemd restarts the service,
+    and the logs name that cause only (no state write failed: no durability_failure)."""
     shutil.rmtree(spool.events)
     assert daemon.wait_exit() == 70
     assert daemon.events("watched_directory_lost")
+    assert daemon.events("durability_failure") == []
 
 
 def test_status_line_carries_counters(spool: Spool, daemon: DaemonProc) -> None:

@@ -352,7 +352,7 @@ async def test_a_write_failing_after_its_run_was_cancelled_still_ends_in_70(
     path = spool.drop("task-1")
     config = load_config(spool.config)
     gate = FailAfterGate()
-    with pytest.raises(DurabilityError, match="during shutdown"):
+    with pytest.raises(DurabilityError, match="after its run was cancelled"):
         async with open_pipeline(config, load_key(config.key.file, root=config.root)) as pipeline:
             ledger = pipeline.stages.ledger
             monkeypatch.setattr(fsio, "fsync", gate)
