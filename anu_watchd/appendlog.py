@@ -286,8 +286,7 @@ def _cut_torn_tail(path: Path, fd: int) -> int:
     size = os.fstat(fd).st_size
     keep = _after_last_newline(path, size)
     if keep < size:
-        os.ftruncate(fd, keep)
-        fsio.fsync(fd)
+        fsio.cut_to(fd, keep)
         _log.warning("append_log_tail_truncated", path=str(path), dropped_bytes=size - keep)
     return keep
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,10 +28,10 @@ from anu_watchd.errors import (
     UsageError,
 )
 from anu_watchd.locks import InstanceLock
-from anu_watchd.markers import TaskFiles, encode_json
-from anu_watchd.model import TASK_ID_RE, Outcome
-from anu_watchd.pipeline import is_enabled
+from anu_watchd.markers import encode_json
+from anu_watchd.model import TASK_ID_RE, Outcome, iso, utc_now
 from anu_watchd.runtime import open_pipeline, rules_for
+from anu_watchd.spool import TaskFiles, is_enabled
 
 EX_OK, EX_USAGE, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 70, 75, 78
 
@@ -110,12 +109,12 @@ def _one_shot(args: argparse.Namespace, role: str, work: Callable[..., Any]) -> 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from anu_watchd.receipts import ReceiptWatch
-    from anu_watchd.scan import reconcile, recover
+    from anu_watchd.reconcile import reconcile, recover
 
     async def work(config: Config, key: Any) -> list[Outcome]:
         async with open_pipeline(config, key) as pipeline:
             outcomes = [*await recover(pipeline), *await reconcile(pipeline)]
-            await ReceiptWatch().sweep(pipeline)
+            await ReceiptWatch().sweep(pipeline.stages)
             return outcomes
 
     if not args.once:
@@ -248,22 +247,21 @@ def cmd_ack(args: argparse.Namespace) -> int:
     if not TASK_ID_RE.fullmatch(args.task):
         raise UsageError(f"task id must match {TASK_ID_RE.pattern}")
     files = TaskFiles(config.spool.events_dir, args.task)
-    ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    fsio.atomic_write(files.acked, encode_json({"task_id": args.task, "ts": ts}))
+    fsio.atomic_write(files.acked, encode_json({"task_id": args.task, "ts": iso(utc_now())}))
     print(f"acked: {files.acked}")
     return EX_OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from anu_watchd.locks import is_held
-    from anu_watchd.retry import consume_retry, request_retry
+    from anu_watchd.reconcile import consume_retry, request_retry
 
     config = _config(args)
     if not TASK_ID_RE.fullmatch(args.task):
         raise UsageError(f"task id must match {TASK_ID_RE.pattern}")
     files = TaskFiles(config.spool.events_dir, args.task)
     if is_held(config.spool.lock_file):
-        request_retry(files, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        request_retry(files, iso(utc_now()))
         print(f"retry requested: the running daemon will re-run {args.task}")
         return EX_OK
 

@@ -26,23 +26,22 @@ from collections.abc import Coroutine, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import structlog
 
-from anu_watchd import logs, scan
+from anu_watchd import fsio, logs, reconcile
 from anu_watchd.config import Config, load_config
 from anu_watchd.errors import ConfigError, DurabilityError, LockHeldError
 from anu_watchd.intake import Intake, IntakeEvent, Kind, filesystem_type, is_network_fs
 from anu_watchd.locks import InstanceLock
 from anu_watchd.markers import encode_json
+from anu_watchd.model import iso, utc_now
 from anu_watchd.notify import Notifier, watchdog_loop
-from anu_watchd.pipeline import RUNS_IN_FLIGHT, Pipeline, is_enabled, iso, utc_now
+from anu_watchd.pipeline import Pipeline
 from anu_watchd.receipts import ReceiptWatch, mark_received
 from anu_watchd.reload import reload_status_path
-from anu_watchd.retry import consume_retry
-from anu_watchd.runtime import ensure_dirs, open_pipeline, rules_for
+from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebuilt
 from anu_watchd.secret import load_key
-from anu_watchd.sinks import build_sink
+from anu_watchd.spool import is_enabled
 
 _log = structlog.get_logger("anu_watchd.daemon")
 
@@ -108,7 +107,7 @@ class Daemon:
     async def _serve_with(self, pipeline: Pipeline) -> int:
         self.intake = self._arm(self.config)
         self._install_signals()
-        await scan.recover_markers(pipeline)
+        await reconcile.recover_markers(pipeline.stages)
         self.notifier.ready(status=self._status_text())
         _log.info(
             "daemon_ready",
@@ -174,10 +173,7 @@ class Daemon:
         Only work already inside a thread finishes; cancelled runs stop at their next await
         (a sink command is killed) and their queued ledger and evidence lines are dropped.
         """
-        stages = self.pipeline.stages
-        stages.ledger.halt(exc)
-        stages.evidence.halt(exc)
-        stages.projections.halt(exc)
+        self.pipeline.stages.halt(exc)
         for task in (*self._workers, *self._tasks):
             task.cancel()
 
@@ -232,12 +228,8 @@ class Daemon:
         await self._queue.put(path)
 
     async def _unfinished_first(self, pipeline: Pipeline) -> None:
-        unfinished = pipeline.stages.ledger.unfinished()
-        if unfinished:
-            _log.warning("refiring_in_flight", count=len(unfinished))
-        events_dir = self.config.spool.events_dir
-        for entry in unfinished:
-            await self.enqueue(events_dir / f"{entry.task_id}.result.json")
+        for path in reconcile.refire_paths(pipeline.stages):
+            await self.enqueue(path)
 
     async def _intake_reader(self) -> None:
         async for ev in self.intake.events():
@@ -253,7 +245,7 @@ class Daemon:
         elif ev.kind is Kind.FLAG:
             self._on_flag()
         elif ev.kind is Kind.ACKED and ev.task_id is not None:
-            async with self.pipeline.task_lock(ev.task_id):
+            async with self.pipeline.stages.task_locks.hold(ev.task_id):
                 await mark_received(self.config.spool.events_dir, ev.task_id)
         elif ev.kind is Kind.RETRY and ev.task_id is not None:
             await self._on_retry(ev.task_id)
@@ -262,10 +254,8 @@ class Daemon:
             raise Fatal(f"lost the watched directory {ev.path} ({ev.detail})")
 
     async def _on_retry(self, task_id: str) -> None:
-        if not is_enabled(self.config.spool.enable_flag):
-            return  # left in place; consumed by the scan that enabling triggers
-        if await consume_retry(self.pipeline.stages, task_id):
-            await self.enqueue(self.config.spool.events_dir / f"{task_id}.result.json")
+        for path in await reconcile.retry_paths(self.pipeline.stages, [task_id]):
+            await self.enqueue(path)
 
     def _on_flag(self) -> None:
         if is_enabled(self.config.spool.enable_flag):
@@ -291,22 +281,18 @@ class Daemon:
             await self._rescan(reasons)
 
     async def _rescan(self, reasons: list[str]) -> None:
-        spool = self.config.spool
-        if not is_enabled(spool.enable_flag):
-            _log.debug("rescan_skipped_disabled", reasons=reasons)
-            return
-        for task_id in await asyncio.to_thread(scan.list_retry_requests, spool.events_dir):
-            await self._on_retry(task_id)
-        names = await asyncio.to_thread(scan.list_results, spool.events_dir, spool.result_glob)
-        _log.info("rescan_started", reasons=reasons, listed=len(names))
-        for name in names:  # a Path only once its turn comes (the queue is bounded)
-            await self.enqueue(spool.events_dir / name)
+        stages = self.pipeline.stages
+        for path in await reconcile.pending_retry_paths(stages):
+            await self.enqueue(path)
+        events_dir = stages.config.spool.events_dir
+        for name in await reconcile.rescan_names(stages, reasons):
+            await self.enqueue(events_dir / name)  # a Path only once its turn comes
 
     async def _receipt_sweeper(self) -> None:
         while True:
             period = min(self.config.wake.receipt_ttl_s / 4, 60.0, self.config.rescan_interval_s)
             await asyncio.sleep(max(period, 0.05))
-            await self.receipts.sweep(self.pipeline)
+            await self.receipts.sweep(self.pipeline.stages)
 
     # -- signals, reload, stop ------------------------------------------------
 
@@ -374,12 +360,8 @@ class Daemon:
     async def _apply(self, new: Config) -> None:
         old = self.config
         stages = self.pipeline.stages
-        sink = stages.sink
-        if new.wake != old.wake:
-            sink = build_sink(new, self.key)
-        self.pipeline.stages = attrs.evolve(
-            stages, config=new, sink=sink, rules=rules_for(new, self.key)
-        )
+        self.pipeline.stages = rebuilt(stages, new, self.key)
+        sink = self.pipeline.stages.sink
         if sink is not stages.sink:
             await stages.sink.aclose()
         self.config = new
@@ -409,8 +391,6 @@ class Daemon:
         self._tasks[0] = self._spawn(self._intake_reader(), "intake")
 
     async def _record_reload(self, result: str, reason: str | None) -> None:
-        from anu_watchd import fsio
-
         doc = {
             "pid": os.getpid(),
             "seq": time.monotonic_ns(),

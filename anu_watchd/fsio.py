@@ -19,10 +19,12 @@ never blocking on a FIFO, one link only, the size decided before reading.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
 import functools
+import json
 import math
 import os
 import secrets
@@ -31,11 +33,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from anu_watchd.errors import (
+    DurabilityError,
     InputVanishedError,
     NotWrittenError,
     OutcomeUnknownError,
@@ -51,6 +54,7 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+T = TypeVar("T")
 
 
 # -- the fsync seam -------------------------------------------------------------
@@ -451,3 +455,41 @@ def _unlink_quietly(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+# -- state files: the one small-JSON reader, the one state-write helper, the tail cut ----
+
+
+def read_json_object(path: Path, max_bytes: int, *, follow: bool = False) -> dict[str, Any] | None:
+    """A small JSON object read through ``read_state``; None if missing, unreadable or not one.
+
+    RecursionError counts as unreadable: a hostile nesting depth must not stop a reader.
+    """
+    try:
+        doc = json.loads(read_state(path, max_bytes, follow=follow))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def durable(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking state write off the loop; any write failure is a DurabilityError.
+
+    The daemon's state writes (markers, envelopes, removals, quarantine moves) all
+    go through here: a failure to make state durable stops it (docs/durability.md).
+    """
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except (DurabilityError, InputVanishedError):
+        raise
+    except OSError as exc:  # WriteError included
+        raise DurabilityError(exc.errno, f"state write failed: {exc.strerror}") from exc
+
+
+def cut_to(fd: int, size: int) -> None:
+    """Cut an append-only file back to ``size`` bytes (a torn tail), durably.
+
+    Safe only for the file's single writer (the instance-lock holder).
+    """
+    os.ftruncate(fd, size)
+    fsync(fd)

@@ -19,9 +19,7 @@ import attrs
 from asyncinotify import Inotify, Mask
 
 from anu_watchd import fsio
-from anu_watchd.markers import ACKED_SUFFIX, RETRY_SUFFIX
-from anu_watchd.model import TASK_ID_RE
-from anu_watchd.pipeline import is_result_name
+from anu_watchd.spool import ACKED_SUFFIX, RETRY_SUFFIX, is_result_name, task_id_with_suffix
 
 DIR_MASK = (
     Mask.CLOSE_WRITE
@@ -92,8 +90,8 @@ def classify(name: str, glob: str) -> tuple[Kind, str | None] | None:
         return Kind.RESULT, None
     for suffix, kind in ((ACKED_SUFFIX, Kind.ACKED), (RETRY_SUFFIX, Kind.RETRY)):
         if name.endswith(suffix):
-            tid = name[: -len(suffix)]
-            return (kind, tid) if TASK_ID_RE.fullmatch(tid) else None
+            tid = task_id_with_suffix(name, suffix)
+            return (kind, tid) if tid is not None else None
     return None
 
 

@@ -297,8 +297,7 @@ def _truncate(path: Path, size: int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.ftruncate(fd, size)
-            fsio.fsync(fd)
+            fsio.cut_to(fd, size)
         finally:
             os.close(fd)
     except OSError as exc:

@@ -9,13 +9,31 @@ import enum
 import hashlib
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
 TASK_ID_RE = re.compile(r"^task-[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-RESULT_SUFFIX = ".result.json"
 DEFAULT_KIND = "result"
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC: the default ``clock`` of every stage that stamps a time."""
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    """RFC 3339 UTC with microseconds and a ``Z``: the one timestamp format on disk.
+
+    Ledger lines, markers, envelopes, evidence lines, acks, retry requests and
+    quarantine sidecars all stamp their times with this, e.g.
+    ``2026-01-02T03:04:05.000006Z``.
+    """
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    # isoformat is several times cheaper than strftime, and this runs ~5 times a wake.
+    return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class Verdict(enum.StrEnum):
@@ -140,10 +158,6 @@ class LedgerEntry:
             "ts": self.ts,
         }
 
-    @property
-    def four_tuple(self) -> FourTuple:
-        return FourTuple(self.task_id, self.sha256, self.collector, self.kind)
-
 
 @attrs.frozen
 class Outcome:
@@ -178,11 +192,3 @@ class Outcome:
             "duration_ms": round(self.duration_ms, 3),
             "error": self.error,
         }
-
-
-def task_id_from_name(name: str) -> str | None:
-    """``task-7.result.json`` -> ``task-7``; None when the name is not a valid result name."""
-    if not name.endswith(RESULT_SUFFIX):
-        return None
-    tid = name[: -len(RESULT_SUFFIX)]
-    return tid if TASK_ID_RE.fullmatch(tid) else None

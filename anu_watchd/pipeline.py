@@ -15,33 +15,26 @@ and stops the daemon (SPEC section 7).
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
 import os
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import structlog
 
-from anu_watchd import envelope, fsio, markers, quarantine
-from anu_watchd.appendlog import AppendLog
-from anu_watchd.config import Config
+from anu_watchd import decide, envelope, fsio, markers, quarantine
+from anu_watchd.decide import Fire, NotActivated, RunFacts, Skip
 from anu_watchd.errors import (
-    DurabilityError,
     EnvelopeError,
     InputVanishedError,
     UnsafeInputError,
 )
 from anu_watchd.escalate import escalate
-from anu_watchd.ledger import Ledger
-from anu_watchd.markers import FileStamp, TaskFiles
+from anu_watchd.fsio import durable
 from anu_watchd.model import (
     TASK_ID_RE,
     FourTuple,
@@ -52,71 +45,40 @@ from anu_watchd.model import (
     Rejected,
     Result,
     Verdict,
-    task_id_from_name,
+    iso,
 )
-from anu_watchd.projections import ProjectionWriter
-from anu_watchd.sinks.base import RetryPolicy, Sink, Sleep, WakeFailed, register_with_retries
+from anu_watchd.sinks.base import RetryPolicy, WakeFailed, register_with_retries
 from anu_watchd.slots import Slots
-from anu_watchd.validate import Rules, validate
+from anu_watchd.spool import FileStamp, TaskFiles, is_enabled, is_result_name, task_id_from_name
+from anu_watchd.stages import Stages
+from anu_watchd.validate import validate
 
 _log = structlog.get_logger("anu_watchd.pipeline")
 # What a file whose name holds the sealed key is called everywhere after it is seen.
 KEY_IN_NAME = "key-literal-in-name"
-# Pipeline runs in flight at once (daemon workers, a scan's fan-out). Sink calls are bounded
-# separately by wake.concurrency; more runs than sink slots lets the durable writes of many
-# runs share group commits (docs/design.md, "Runs and wake slots").
-RUNS_IN_FLIGHT = 32
-T = TypeVar("T")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(dt: datetime) -> str:
-    """RFC 3339 UTC with microseconds and a ``Z``: the one timestamp format on disk."""
-    if dt.tzinfo is not UTC:
-        dt = dt.astimezone(UTC)
-    # isoformat is several times cheaper than strftime, and this runs ~5 times a wake.
-    return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-@attrs.frozen
-class Stages:
-    """Everything one run needs, wired once by the daemon or the CLI; swapped on reload."""
-
-    config: Config
-    ledger: Ledger
-    evidence: AppendLog
-    sink: Sink
-    rules: Rules
-    clock: Callable[[], datetime] = utc_now
-    sleep: Sleep = asyncio.sleep
-    projections: ProjectionWriter = attrs.field(factory=ProjectionWriter)
-
-
-def is_enabled(flag: Path) -> bool:
-    """The operator's enable flag: present and exactly ``true`` (whitespace aside)."""
-    try:
-        # The operator's file, which may be a symlink; never a FIFO that blocks the loop.
-        return fsio.read_state(flag, 64, follow=True).strip() == b"true"
-    except OSError:
-        return False
-
-
-def is_result_name(name: str, glob: str) -> bool:
-    """Only names matching the result glob are inputs; our own temp files never are."""
-    return fnmatch.fnmatchcase(name, glob) and not fsio.is_temp_name(name)
 
 
 class _Run:
-    """One run: the stages it started with (a reload never changes them mid-run), id, clock."""
+    """One run: the stages it started with (a reload never changes them mid-run), id, clock.
+
+    ``facts`` grows as the run learns them (the hash, the key); the one shared
+    ending, ``Pipeline._finish``, turns them into the run's ``Outcome``.
+    """
 
     def __init__(self, st: Stages, path: Path, task_id: str | None) -> None:
         self.st = st
         self.run_id = uuid.uuid4().hex[:16]
         self.t0 = time.perf_counter()
+        self.facts = RunFacts(run_id=self.run_id, path=str(path), task_id=task_id)
         self.log = _log.bind(run_id=self.run_id, path=str(path), task_id=task_id)
+
+    def learnt(self, **facts: Any) -> None:
+        """Record facts of the input (``sha256``, ``idempotency_key``) and bind them to the log."""
+        self.facts = attrs.evolve(self.facts, **facts)
+        self.log = self.log.bind(**facts)
+
+    def now(self) -> str:
+        return iso(self.st.clock())
 
     @property
     def duration_ms(self) -> float:
@@ -128,7 +90,6 @@ class Pipeline:
 
     def __init__(self, stages: Stages) -> None:
         self._stages = stages
-        self._locks: dict[str, list[Any]] = {}
         self._slots = Slots(stages.config.wake.concurrency)
 
     @property
@@ -141,7 +102,7 @@ class Pipeline:
         self._slots.resize(new.config.wake.concurrency)
         self._stages = new
 
-    # -- entry points -----------------------------------------------------------
+    # -- the entry point ----------------------------------------------------------
 
     async def pickup(self, path: Path, *, scan: bool = False) -> Outcome | None:
         """Run one file; ``scan=True`` skips, silently and unhashed, a file already settled."""
@@ -154,12 +115,12 @@ class Pipeline:
         if _name_holds_key(path.name, st.rules.key):
             return await self._reject_key_in_name(path)
         task_id = task_id_from_name(path.name)
-        async with self.task_lock(task_id or path.name):
+        async with st.task_locks.hold(task_id or path.name):
             if task_id is None:
                 return await self._reject_name(path)
             return await self._run(path, task_id, scan=scan)
 
-    # -- the stages -------------------------------------------------------------
+    # -- read -> validate -> decide -> act ----------------------------------------
 
     async def _run(self, path: Path, task_id: str, *, scan: bool) -> Outcome | None:
         run = _Run(self.stages, path, task_id)
@@ -173,47 +134,36 @@ class Pipeline:
             run.log.info("result_vanished")
             return None
         except UnsafeInputError as exc:
-            return await self._quarantine(
-                run, path, task_id, None, Rejected(exc.reason, exc.detail)
-            )
+            return await self._quarantine(run, path, Rejected(exc.reason, exc.detail))
         except OSError as exc:
             rej = Rejected(QuarantineReason.UNREADABLE, f"cannot read: {exc.strerror or exc}")
-            return await self._quarantine(run, path, task_id, None, rej)
+            return await self._quarantine(run, path, rej)
         if inp is None:
             return None
-        sha = hashlib.sha256(inp.data).hexdigest()
-        run.log = run.log.bind(sha256=sha)
+        run.learnt(sha256=hashlib.sha256(inp.data).hexdigest())
         checked = validate(inp.data, task_id=task_id, rules=st.rules)
         if isinstance(checked, Rejected):
-            return await self._quarantine(run, path, task_id, sha, checked)
-        return await self._dedupe_and_wake(run, path, checked, sha, FileStamp.of(inp.st))
+            return await self._quarantine(run, path, checked)
+        return await self._dedupe_and_wake(run, files, checked, FileStamp.of(inp.st))
 
     async def _reject_name(self, path: Path) -> Outcome | None:
         run = _Run(self.stages, path, None)
         detail = f"file name's task id does not match {TASK_ID_RE.pattern}"
-        return await self._quarantine(
-            run, path, None, None, Rejected(QuarantineReason.SCHEMA, detail)
-        )
+        return await self._quarantine(run, path, Rejected(QuarantineReason.SCHEMA, detail))
 
     async def _reject_key_in_name(self, path: Path) -> Outcome | None:
         """The name itself holds the key: quarantine under a neutral name, log no name."""
         run = _Run(self.stages, path.parent / KEY_IN_NAME, None)
         rej = Rejected(QuarantineReason.KEY_LITERAL, "the sealed key appears in the file name")
-        return await self._quarantine(run, path, None, None, rej, as_name=KEY_IN_NAME)
+        return await self._quarantine(run, path, rej, as_name=KEY_IN_NAME)
 
     async def _quarantine(
-        self,
-        run: _Run,
-        path: Path,
-        task_id: str | None,
-        sha: str | None,
-        rej: Rejected,
-        as_name: str | None = None,
+        self, run: _Run, path: Path, rej: Rejected, as_name: str | None = None
     ) -> Outcome | None:
         qdir = run.st.config.spool.quarantine_dir
         now = run.st.clock()
         try:
-            dest = await _durable(
+            dest = await durable(
                 quarantine.quarantine, path, qdir, rej.reason, rej.detail, now=now, as_name=as_name
             )
         except InputVanishedError:
@@ -225,58 +175,43 @@ class Pipeline:
             detail=rej.detail,
             quarantined_as=dest.name,
         )
-        shown = path if as_name is None else path.parent / as_name
-        out = self._outcome(
-            run,
-            shown,
-            task_id,
-            Verdict.QUARANTINE,
-            sha=sha,
-            reason=str(rej.reason),
-            error=rej.detail,
-        )
-        return await self._finish(run, out)
+        return await self._finish(run, Verdict.QUARANTINE, reason=str(rej.reason), error=rej.detail)
 
     async def _dedupe_and_wake(
-        self, run: _Run, path: Path, result: Result, sha: str, stamp: FileStamp
+        self, run: _Run, files: TaskFiles, result: Result, stamp: FileStamp
     ) -> Outcome:
-        cfg = run.st.config
-        four = FourTuple(result.task_id, sha, cfg.spool.collector)
-        key = four.idempotency_key
-        run.log = run.log.bind(idempotency_key=key)
-        files = TaskFiles(path.parent, result.task_id)
+        st = run.st
+        sha = run.facts.sha256 or ""
+        four = FourTuple(result.task_id, sha, st.config.spool.collector)
+        run.learnt(idempotency_key=four.idempotency_key)
         await self._clear_way(run, files)
-        prior = run.st.ledger.get(key)
-        if prior is not None and prior.state.terminal:
-            error = await self._repair_marker(files, prior, stamp)
-            await self._repair_envelope(run, files, prior, result, sha, error)
-            verdict_prior = "WAKE_BUILT" if prior.state is LedgerState.DONE else "FIRE_FAILED"
-            out = self._outcome(
-                run,
-                path,
-                result.task_id,
-                Verdict.PICKUP_SKIP,
-                sha=sha,
-                reason=f"already {verdict_prior}",
-                schedule_id=prior.schedule_id,
-                key=key,
+        prior = st.ledger.get(four.idempotency_key)
+        decision = decide.decide(prior, activated=st.config.wake.activated)
+        if isinstance(decision, Skip):
+            await self._repair(run, files, decision.prior, result, stamp)
+            schedule_id = decision.prior.schedule_id
+            return await self._finish(
+                run, Verdict.PICKUP_SKIP, reason=decision.reason, schedule_id=schedule_id
             )
-            return await self._finish(run, out)
-        env = envelope.build(
-            result,
-            result_path=str(path),
-            sha256=sha,
-            idempotency_key=key,
-            delivery_method=run.st.sink.delivery_method,
-        )
-        if not cfg.wake.activated:
-            return await self._not_activated(run, path, result, sha, key, env)
-        attempt = prior.attempt + 1 if prior is not None else 1
-        if prior is None and files.acked.exists():
+        env = self._envelope(run, files, result)
+        if isinstance(decision, NotActivated):
+            return await self._not_activated(run, env, decision)
+        return await self._fire(run, files, four, decision, env, stamp)
+
+    async def _fire(
+        self,
+        run: _Run,
+        files: TaskFiles,
+        four: FourTuple,
+        fire: Fire,
+        env: dict[str, Any],
+        stamp: FileStamp,
+    ) -> Outcome:
+        if fire.new_wake and files.acked.exists():
             # A new wake of this task (new bytes): an ack already here answered an earlier one.
             # Checked inline (one lstat): a thread hop on every wake's latency path costs more.
-            await _durable(fsio.remove_durably, files.acked)
-        claimed = self._entry(run, four, LedgerState.CLAIMED, attempt)
+            await durable(fsio.remove_durably, files.acked)
+        claimed = _entry(four, LedgerState.CLAIMED, fire.attempt, run.now())
         await run.st.ledger.record(claimed)
         try:
             body = envelope.encode(env)
@@ -301,7 +236,7 @@ class Pipeline:
                     continue
             except OSError:
                 continue
-            dest = await _durable(
+            dest = await durable(
                 quarantine.quarantine,
                 path,
                 run.st.config.spool.quarantine_dir,
@@ -342,12 +277,14 @@ class Pipeline:
         self, run: _Run, claimed: LedgerEntry, state: LedgerState, schedule_id: str | None = None
     ) -> LedgerEntry:
         """Record the terminal ledger line of a claimed wake (durable when this returns)."""
-        entry = attrs.evolve(claimed, state=state, schedule_id=schedule_id, ts=iso(run.st.clock()))
+        entry = attrs.evolve(claimed, state=state, schedule_id=schedule_id, ts=run.now())
         await run.st.ledger.record(entry)
         return entry
 
+    # -- the endings ----------------------------------------------------------------
+
     async def _not_activated(
-        self, run: _Run, path: Path, result: Result, sha: str, key: str, env: dict[str, Any]
+        self, run: _Run, env: dict[str, Any], decision: NotActivated
     ) -> Outcome:
         final = envelope.not_activated(env)
         try:
@@ -355,16 +292,7 @@ class Pipeline:
         except EnvelopeError as exc:
             run.log.error("envelope_invalid", error=str(exc))
         run.log.info("wake_not_activated", envelope=final)
-        out = self._outcome(
-            run,
-            path,
-            result.task_id,
-            Verdict.FIRE_NOT_ACTIVATED,
-            sha=sha,
-            reason="wake.activated is false",
-            key=key,
-        )
-        return await self._finish(run, out)
+        return await self._finish(run, Verdict.FIRE_NOT_ACTIVATED, reason=decision.reason)
 
     async def _wake_built(
         self,
@@ -386,18 +314,9 @@ class Pipeline:
         await run.st.projections.write(writes, remove=[files.failed])
         if body is not None:
             await self._push_update(run, final, body)
-        out = self._outcome(
-            run,
-            files.result,
-            files.task_id,
-            Verdict.WAKE_BUILT,
-            sha=done.sha256,
-            wake_built=True,
-            schedule_id=schedule_id,
-            attempts=attempts,
-            key=done.key,
+        return await self._finish(
+            run, Verdict.WAKE_BUILT, schedule_id=schedule_id, attempts=attempts
         )
-        return await self._finish(run, out)
 
     async def _fire_failed(
         self,
@@ -409,44 +328,73 @@ class Pipeline:
         error: str,
         attempts: int,
     ) -> Outcome:
-        now = failed.ts
-        doc = markers.marker_doc(failed, attempts=attempts, ts=now, error=error, stamp=stamp)
-        await _durable(markers.write_json, files.failed, doc)
+        doc = markers.marker_doc(failed, attempts=attempts, ts=failed.ts, error=error, stamp=stamp)
+        await durable(markers.write_json, files.failed, doc)
         await self._store_envelope(files, _encoded(run, envelope.register_failed(env, error=error)))
         run.log.critical("wake_failed", error=error, attempt=attempts)
-        cfg = run.st.config.wake
-        async with self._slots:  # wake.concurrency bounds every call out, escalations too
-            await escalate(
-                cfg.escalate_argv,
-                {
-                    "task_id": files.task_id,
-                    "verdict": "FIRE_FAILED",
-                    "reason": "wake failed",
-                    "error": error,
-                    "attempts": attempts,
-                    "idempotency_key": failed.key,
-                    "ts": now,
-                },
-                timeout_s=cfg.timeout_s,
-            )
-        out = self._outcome(
-            run,
-            files.result,
+        wake = run.st.config.wake
+        report = decide.escalation(
             files.task_id,
-            Verdict.FIRE_FAILED,
-            sha=failed.sha256,
+            str(Verdict.FIRE_FAILED),
             reason="wake failed",
+            error=error,
+            attempts=attempts,
+            idempotency_key=failed.key,
+            ts=failed.ts,
+        )
+        async with self._slots:  # wake.concurrency bounds every call out, escalations too
+            await escalate(wake.escalate_argv, report, timeout_s=wake.timeout_s)
+        return await self._finish(
+            run, Verdict.FIRE_FAILED, reason="wake failed", attempts=attempts, error=error
+        )
+
+    async def _finish(
+        self,
+        run: _Run,
+        verdict: Verdict,
+        *,
+        reason: str | None = None,
+        schedule_id: str | None = None,
+        attempts: int = 0,
+        error: str | None = None,
+    ) -> Outcome:
+        """The one ending of every run that decided something: one evidence line, one log line."""
+        out = decide.outcome(
+            run.facts,
+            verdict,
+            ts=run.now(),
+            duration_ms=run.duration_ms,
+            reason=reason,
+            schedule_id=schedule_id,
             attempts=attempts,
             error=error,
-            key=failed.key,
         )
-        return await self._finish(run, out)
+        await run.st.evidence.append(out.evidence())
+        # One line a run, also for a wake (its schedule id is here): each line costs ~0.1 ms.
+        run.log.info(
+            "pickup_finished",
+            verdict=str(out.verdict),
+            reason=out.reason,
+            schedule_id=out.schedule_id,
+            duration_ms=round(out.duration_ms, 3),
+            attempts=out.attempts,
+        )
+        return out
 
-    # -- helpers ----------------------------------------------------------------
+    # -- projections --------------------------------------------------------------
+
+    def _envelope(self, run: _Run, files: TaskFiles, result: Result) -> dict[str, Any]:
+        return envelope.build(
+            result,
+            result_path=str(files.result),
+            sha256=run.facts.sha256 or "",
+            idempotency_key=run.facts.idempotency_key or "",
+            delivery_method=run.st.sink.delivery_method,
+        )
 
     async def _store_envelope(self, files: TaskFiles, body: bytes | None) -> None:
         if body is not None:
-            await _durable(fsio.atomic_write, files.envelope, body)
+            await durable(fsio.atomic_write, files.envelope, body)
 
     async def _push_update(self, run: _Run, env: dict[str, Any], body: bytes) -> None:
         sink = run.st.sink
@@ -457,6 +405,13 @@ class Pipeline:
                 await sink.update(body, idempotency_key=str(env.get("idempotency_key")))
             except Exception as exc:  # an update is best effort; the wake is registered
                 run.log.warning("envelope_update_failed", error=str(exc))
+
+    async def _repair(
+        self, run: _Run, files: TaskFiles, prior: LedgerEntry, result: Result, stamp: FileStamp
+    ) -> None:
+        """A settled wake seen again: rebuild whichever projection is missing or stale."""
+        error = await self._repair_marker(files, prior, stamp)
+        await self._repair_envelope(run, files, prior, result, error)
 
     async def _repair_marker(
         self, files: TaskFiles, entry: LedgerEntry, stamp: FileStamp
@@ -474,18 +429,12 @@ class Pipeline:
         if type(attempts) is not int or attempts < 1:
             attempts = entry.attempt
         fresh = markers.marker_doc(entry, attempts=attempts, ts=entry.ts, error=error, stamp=stamp)
-        await _durable(markers.write_json, path, fresh)
+        await durable(markers.write_json, path, fresh)
         _log.info("marker_repaired", task_id=files.task_id, marker=path.name)
         return error
 
     async def _repair_envelope(
-        self,
-        run: _Run,
-        files: TaskFiles,
-        entry: LedgerEntry,
-        result: Result,
-        sha: str,
-        error: str | None,
+        self, run: _Run, files: TaskFiles, entry: LedgerEntry, result: Result, error: str | None
     ) -> None:
         """Rebuild a missing or foreign envelope file from the ledger (it is a projection).
 
@@ -495,13 +444,7 @@ class Pipeline:
         doc = await asyncio.to_thread(markers.read_json, files.envelope)
         if doc is not None and doc.get("idempotency_key") == entry.key:
             return
-        env = envelope.build(
-            result,
-            result_path=str(files.result),
-            sha256=sha,
-            idempotency_key=entry.key,
-            delivery_method=run.st.sink.delivery_method,
-        )
+        env = self._envelope(run, files, result)
         if entry.state is LedgerState.DONE and entry.schedule_id:
             env = envelope.registered(env, schedule_id=entry.schedule_id, registered_at=entry.ts)
             if await asyncio.to_thread(files.acked.exists):
@@ -511,75 +454,18 @@ class Pipeline:
         await self._store_envelope(files, _encoded(run, env))
         run.log.info("envelope_repaired")
 
-    def _entry(self, run: _Run, four: FourTuple, state: LedgerState, attempt: int) -> LedgerEntry:
-        return LedgerEntry(
-            key=four.idempotency_key,
-            task_id=four.task_id,
-            sha256=four.sha256,
-            collector=four.collector,
-            kind=four.kind,
-            state=state,
-            attempt=attempt,
-            ts=iso(run.st.clock()),
-        )
 
-    def _outcome(
-        self,
-        run: _Run,
-        path: Path,
-        task_id: str | None,
-        verdict: Verdict,
-        *,
-        sha: str | None = None,
-        reason: str | None = None,
-        wake_built: bool = False,
-        schedule_id: str | None = None,
-        attempts: int = 0,
-        error: str | None = None,
-        key: str | None = None,
-    ) -> Outcome:
-        return Outcome(
-            run_id=run.run_id,
-            path=str(path),
-            task_id=task_id,
-            verdict=verdict,
-            ts=iso(run.st.clock()),
-            sha256=sha,
-            reason=reason,
-            wake_built=wake_built,
-            schedule_id=schedule_id,
-            attempts=attempts,
-            duration_ms=run.duration_ms,
-            error=error,
-            idempotency_key=key,
-        )
-
-    async def _finish(self, run: _Run, out: Outcome) -> Outcome:
-        await run.st.evidence.append(out.evidence())
-        # One line a run, also for a wake (its schedule id is here): each line costs ~0.1 ms.
-        run.log.info(
-            "pickup_finished",
-            verdict=str(out.verdict),
-            reason=out.reason,
-            schedule_id=out.schedule_id,
-            duration_ms=round(out.duration_ms, 3),
-            attempts=out.attempts,
-        )
-        return out
-
-    @asynccontextmanager
-    async def task_lock(self, name: str) -> AsyncIterator[None]:
-        entry = self._locks.get(name)
-        if entry is None:
-            entry = self._locks[name] = [asyncio.Lock(), 0]
-        entry[1] += 1  # holders and waiters; the lock is dropped when none remain
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._locks[name]
+def _entry(four: FourTuple, state: LedgerState, attempt: int, ts: str) -> LedgerEntry:
+    return LedgerEntry(
+        key=four.idempotency_key,
+        task_id=four.task_id,
+        sha256=four.sha256,
+        collector=four.collector,
+        kind=four.kind,
+        state=state,
+        attempt=attempt,
+        ts=ts,
+    )
 
 
 def _settled(files: TaskFiles) -> bool:
@@ -614,13 +500,3 @@ def _read_unless_settled(
 
 def _name_holds_key(name: str, key: bytes | None) -> bool:
     return bool(key) and key is not None and key in os.fsencode(name)
-
-
-async def _durable(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking state write off the loop; any write failure is fatal (SPEC section 7)."""
-    try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    except (DurabilityError, InputVanishedError):
-        raise
-    except OSError as exc:  # fsio.WriteError included
-        raise DurabilityError(exc.errno, f"state write failed: {exc.strerror}") from exc

@@ -10,13 +10,14 @@ still undo it — write the same bytes again, which is idempotent.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from anu_watchd import fsio
 from anu_watchd.errors import UsageError
-from anu_watchd.model import RESULT_SUFFIX, TASK_ID_RE, Rejected
+from anu_watchd.model import TASK_ID_RE, Rejected, iso, utc_now
+from anu_watchd.spool import RESULT_SUFFIX
 from anu_watchd.validate import SCHEMA_ID, Rules, validate
 
 
@@ -32,14 +33,14 @@ def result_document(
     commit: str | None = None,
 ) -> dict[str, Any]:
     """A v1 result document from its fields; ``finished_at`` defaults to now."""
-    when = (finished_at or datetime.now(UTC)).astimezone(UTC)
+    when = finished_at or utc_now()
     doc: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "task_id": task_id,
         "status": status,
         "executor": executor,
         "collector": collector,
-        "finished_at": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "finished_at": iso(when),
         "summary": summary,
     }
     if report_path is not None:

@@ -25,7 +25,7 @@ import attrs
 
 from anu_watchd import fsio
 from anu_watchd.errors import InputError, InputVanishedError, NotWrittenError
-from anu_watchd.model import QuarantineReason
+from anu_watchd.model import QuarantineReason, iso
 
 SIDECAR_SUFFIX = ".reason.json"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
@@ -66,7 +66,7 @@ def quarantine(
         "reason": str(reason),
         "detail": detail,
         "original_path": original,
-        "ts": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "ts": iso(now),
     }
     body = json.dumps(doc, sort_keys=True).encode() + b"\n"
     fsio.atomic_write(sidecar_path(dest), body, mode=0o640)

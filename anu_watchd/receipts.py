@@ -24,11 +24,13 @@ from typing import Any
 
 import structlog
 
-from anu_watchd import envelope, fsio, markers
+from anu_watchd import decide, envelope, fsio, markers
 from anu_watchd.errors import EnvelopeError
 from anu_watchd.escalate import escalate
-from anu_watchd.markers import ACKED_SUFFIX, DONE_SUFFIX, TaskFiles
-from anu_watchd.pipeline import Pipeline, Stages, _durable, iso
+from anu_watchd.fsio import durable
+from anu_watchd.model import iso
+from anu_watchd.spool import ACKED_SUFFIX, DONE_SUFFIX, TaskFiles
+from anu_watchd.stages import Stages
 
 _log = structlog.get_logger("anu_watchd.receipts")
 
@@ -52,7 +54,7 @@ async def mark_received(events_dir: Path, task_id: str) -> bool:
     except EnvelopeError as exc:
         _log.warning("ack_ignored", task_id=task_id, reason=str(exc))
         return False
-    await _durable(fsio.atomic_write, files.envelope, body)
+    await durable(fsio.atomic_write, files.envelope, body)
     _log.info("receipt_received", task_id=task_id)
     return True
 
@@ -96,13 +98,12 @@ class ReceiptWatch:
     def __init__(self) -> None:
         self._settled: dict[str, int] = {}
 
-    async def sweep(self, pipeline: Pipeline) -> int:
+    async def sweep(self, stages: Stages) -> int:
         """One pass; returns how many envelopes changed.
 
-        Each task is swept under the pipeline's lock for it, so a receipt write never
-        races the pipeline writing a new wake's envelope for the same task.
+        Each task is swept under its task lock (the pipeline's too), so a receipt write
+        never races the pipeline writing a new wake's envelope for the same task.
         """
-        stages = pipeline.stages
         events_dir = stages.config.spool.events_dir
         done, acked = await asyncio.to_thread(_done_and_acked, events_dir)
         changed = 0
@@ -110,7 +111,7 @@ class ReceiptWatch:
             if self._settled.get(task_id) == inode:
                 continue
             files = TaskFiles(events_dir, task_id)
-            async with pipeline.task_lock(task_id):
+            async with stages.task_locks.hold(task_id):
                 wrote, settled = await self._sweep_one(stages, files, acked=task_id in acked)
             changed += wrote
             if settled:
@@ -150,25 +151,22 @@ class ReceiptWatch:
     ) -> None:
         if not stages.ledger.healthy:
             return  # the daemon is failing stop: nothing more is written or sent
-        await _durable(fsio.atomic_write, files.envelope, body)
+        await durable(fsio.atomic_write, files.envelope, body)
         _log.critical(
             "receipt_timed_out", task_id=files.task_id, idempotency_key=env.get("idempotency_key")
         )
         marker = await asyncio.to_thread(markers.read_json, files.done) or {}
         wake = stages.config.wake
-        await escalate(
-            wake.escalate_argv,
-            {
-                "task_id": files.task_id,
-                "verdict": "RECEIPT_TIMED_OUT",
-                "reason": f"no ack within {wake.receipt_ttl_s:g} s",
-                "error": None,
-                "attempts": marker.get("attempts"),
-                "idempotency_key": env.get("idempotency_key"),
-                "ts": iso(stages.clock()),
-            },
-            timeout_s=wake.timeout_s,
+        report = decide.escalation(
+            files.task_id,
+            "RECEIPT_TIMED_OUT",
+            reason=f"no ack within {wake.receipt_ttl_s:g} s",
+            error=None,
+            attempts=marker.get("attempts"),
+            idempotency_key=env.get("idempotency_key"),
+            ts=iso(stages.clock()),
         )
+        await escalate(wake.escalate_argv, report, timeout_s=wake.timeout_s)
 
 
 async def _see_through(work: Coroutine[Any, Any, None]) -> None:

@@ -7,17 +7,19 @@ notes the daemon's last reload answer, signals, and waits for a newer one.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+from anu_watchd import fsio
 from anu_watchd.config import Config
 from anu_watchd.locks import is_held, read_holder
 
 POLL_S = 0.02
+# The daemon's answer is one short line; anything longer is not its answer.
+_STATUS_MAX_BYTES = 64 << 10
 
 
 def reload_status_path(config: Config) -> Path:
@@ -27,11 +29,7 @@ def reload_status_path(config: Config) -> Path:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    return fsio.read_json_object(path, _STATUS_MAX_BYTES)
 
 
 def request_reload(config: Config, *, pid: int | None, timeout_s: float) -> tuple[bool, str]:

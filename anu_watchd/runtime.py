@@ -1,8 +1,11 @@
-"""Build the pipeline's stages from a config: the wiring shared by the daemon and one-shot commands.
+"""The one wiring place: build the stages for a config, rebuild them for a reload, halt them.
 
-Opening a runtime loads the sealed key, recovers the ledger and opens the
-evidence log; closing it flushes and closes both. The caller must already
-hold the instance lock: the ledger has a single writer.
+``open_pipeline`` recovers the ledger, opens the evidence log and the sink
+and yields a ready ``Pipeline``; closing it flushes and closes them all.
+``rebuilt`` is a reload: the same durable writers, a new config, sink and
+rules. ``Stages.halt`` is the fail-stop. The caller must already hold the
+instance lock: the ledger has a single writer. Both the daemon and the
+one-shot commands wire through here.
 """
 
 from __future__ import annotations
@@ -11,15 +14,23 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
+
 from anu_watchd.appendlog import AppendLog
 from anu_watchd.config import Config
 from anu_watchd.errors import DurabilityError
 from anu_watchd.ledger import Ledger
-from anu_watchd.pipeline import Pipeline, Stages
+from anu_watchd.pipeline import Pipeline
 from anu_watchd.projections import ProjectionWriter
 from anu_watchd.secret import SealedKey
 from anu_watchd.sinks import build_sink
+from anu_watchd.stages import Stages
 from anu_watchd.validate import Rules
+
+# Pipeline runs in flight at once (daemon workers, a scan's fan-out). Sink calls are bounded
+# separately by wake.concurrency; more runs than sink slots lets the durable writes of many
+# runs share group commits (docs/design.md, "Runs and wake slots").
+RUNS_IN_FLIGHT = 32
 
 
 def rules_for(config: Config, key: SealedKey | None) -> Rules:
@@ -57,22 +68,19 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
     evidence = AppendLog.open(config.spool.evidence_log, fail_stop=fail_stop)
     sink = build_sink(config, key)
     projections = ProjectionWriter(fail_stop)
+    stages = Stages(
+        config=config,
+        ledger=ledger,
+        evidence=evidence,
+        sink=sink,
+        rules=rules_for(config, key),
+        projections=projections,
+    )
     try:
-        yield Pipeline(
-            Stages(
-                config=config,
-                ledger=ledger,
-                evidence=evidence,
-                sink=sink,
-                rules=rules_for(config, key),
-                projections=projections,
-            )
-        )
+        yield Pipeline(stages)
     except DurabilityError as exc:
-        # Fail-stop (SPEC section 7): lines other runs queued are dropped, not flushed.
-        ledger.halt(exc)
-        evidence.halt(exc)
-        projections.halt(exc)
+        # Fail-stop (docs/durability.md): lines other runs queued are dropped, not flushed.
+        stages.halt(exc)
         raise
     finally:
         await sink.aclose()
@@ -84,3 +92,13 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
         # that timed out): nobody raised, nobody halted, but it is no less fatal (exit 70).
         # (Every fatal error that was seen went through halt(): it is already handled.)
         raise DurabilityError("a state write failed after its run was cancelled (logged above)")
+
+
+def rebuilt(stages: Stages, new: Config, key: SealedKey | None) -> Stages:
+    """The stages for a reloaded config: the same durable writers and task locks.
+
+    The sink is rebuilt only when ``[wake]`` changed; the caller closes the old
+    one once the new stages are in place.
+    """
+    sink = build_sink(new, key) if new.wake != stages.config.wake else stages.sink
+    return attrs.evolve(stages, config=new, sink=sink, rules=rules_for(new, key))

@@ -14,10 +14,17 @@ from typing import Any
 
 from anu_watchd import markers
 from anu_watchd.config import Config
-from anu_watchd.markers import ACKED_SUFFIX, DONE_SUFFIX, FAILED_SUFFIX, FileStamp, TaskFiles
 from anu_watchd.model import Verdict
-from anu_watchd.pipeline import is_result_name
 from anu_watchd.quarantine import list_quarantined
+from anu_watchd.spool import (
+    ACKED_SUFFIX,
+    DONE_SUFFIX,
+    FAILED_SUFFIX,
+    RESULT_SUFFIX,
+    FileStamp,
+    TaskFiles,
+    is_result_name,
+)
 
 LAST_RUNS = 10
 
@@ -51,7 +58,7 @@ def _pending(events_dir: Path, names: set[str], glob: str) -> int:
     for name in names:
         if not is_result_name(name, glob):
             continue
-        files = TaskFiles(events_dir, name[: -len(".result.json")])
+        files = TaskFiles(events_dir, name[: -len(RESULT_SUFFIX)])
         try:
             stamp = FileStamp.of(files.result.lstat())
         except OSError:

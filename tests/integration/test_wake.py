@@ -26,6 +26,7 @@ from anu_watchd.pipeline import Pipeline
 from anu_watchd.receipts import ReceiptWatch
 from anu_watchd.runtime import open_pipeline
 from anu_watchd.secret import load_key
+from anu_watchd.stages import Stages
 from tests.fsyncgate import FsyncGate
 from tests.sinkhelpers import (
     TestHttpServer,
@@ -458,12 +459,12 @@ async def open_stages(spool: Spool) -> AsyncIterator[Pipeline]:
         yield pipeline
 
 
-def two_days_later(pipeline: Pipeline) -> Pipeline:
-    """The pipeline, its clock moved past any receipt TTL used here (from now on)."""
+def two_days_later(pipeline: Pipeline) -> Stages:
+    """The pipeline's stages, its clock moved past any receipt TTL used here (from now on)."""
     pipeline.stages = attrs.evolve(
         pipeline.stages, clock=lambda: datetime.now(UTC) + timedelta(days=2)
     )
-    return pipeline
+    return pipeline.stages
 
 
 def receipt(spool: Spool, task_id: str) -> str:
@@ -496,14 +497,14 @@ async def test_a_rewritten_result_gets_its_own_receipt_not_the_old_ack(spool: Sp
         watch = ReceiptWatch()
         await pipeline.pickup(path)
         assert spool.cli("ack", "task-1").returncode == 0
-        assert await watch.sweep(pipeline) == 1
+        assert await watch.sweep(pipeline.stages) == 1
         assert receipt(spool, "task-1") == "RECEIVED"
         spool.drop("task-1", valid_doc("task-1", summary="second result"))
         out = await pipeline.pickup(path)
         assert out is not None and out.verdict == "WAKE_BUILT"
-        assert await watch.sweep(pipeline) == 0
+        assert await watch.sweep(pipeline.stages) == 0
         assert receipt(spool, "task-1") == "UNCONFIRMED"
-        assert await ReceiptWatch().sweep(pipeline) == 0  # a restart agrees
+        assert await ReceiptWatch().sweep(pipeline.stages) == 0  # a restart agrees
         assert await watch.sweep(two_days_later(pipeline)) == 1
     assert receipt(spool, "task-1") == "TIMED_OUT"
     [doc] = rec.escalations()

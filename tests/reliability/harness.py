@@ -35,9 +35,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from anu_watchd import scan
+from anu_watchd import reconcile, spool
 from anu_watchd.config import load_config
-from anu_watchd.markers import TaskFiles
 from anu_watchd.model import FourTuple, LedgerEntry, LedgerState
 from anu_watchd.producer import encode_result, write_result
 from anu_watchd.runtime import open_pipeline
@@ -198,7 +197,7 @@ def assert_woken_exactly_once(
     seen = set(woken)
     problems = []
     for p in produced.values():
-        files = TaskFiles(events_dir, p.task_id)
+        files = spool.TaskFiles(events_dir, p.task_id)
         marker = json.loads(files.done.read_text()) if files.done.exists() else None
         if done[p.task_id] != 1:
             problems.append(f"{p.task_id}: {done[p.task_id]} DONE lines")
@@ -254,10 +253,10 @@ async def life(spool: Spool, sink: RecordingSink, *, recover: bool) -> None:
     async with open_pipeline(config, key) as pipeline:
         pipeline.stages = attrs.evolve(pipeline.stages, sink=sink)
         if recover:
-            await scan.recover(pipeline)
-            await scan.reconcile(pipeline)
+            await reconcile.recover(pipeline)
+            await reconcile.reconcile(pipeline)
             return
-        for name in scan.list_results(spool.events, "task-*.result.json"):
+        for name in spool.list_results(spool.events, "task-*.result.json"):
             await pipeline.pickup(spool.events / name)
 
 

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from anu_watchd import fsio
-from anu_watchd.scan import STALE_TEMP_S
+from anu_watchd.reconcile import STALE_TEMP_S
 from tests.daemonproc import DaemonProc, wait_for
 from tests.reliability.harness import (
     LedgerView,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from anu_watchd.model import FourTuple, LedgerEntry, LedgerState, task_id_from_name
+from anu_watchd.model import FourTuple, LedgerEntry, LedgerState
+from anu_watchd.spool import task_id_from_name
 
 
 def test_idempotency_key_is_stable_and_distinguishes_each_field() -> None:

@@ -1,0 +1,208 @@
+"""Reconcile: recovery at start-up, rescans, and retry requests; for the daemon and ``scan --once``.
+
+Start-up recovery trusts only the ledger: it removes our stale temp files,
+rebuilds the markers the ledger projects, and re-fires every CLAIMED entry
+with the same key (``refire_paths``). A rescan (at start-up after the watch
+is armed, after an inotify overflow, on the backstop timer, on enable or
+reload, and in ``scan --once``) first consumes pending retry requests and
+then runs every result in the events directory through the pipeline. Files
+already settled for their current bytes are skipped by the pipeline without
+hashing, so a scan of a large, finished spool costs a directory listing.
+
+The daemon feeds the paths these return into its bounded queue; the
+one-shot commands run them here with ``run_all``. Either way every rule
+below has one home (docs/durability.md, "Start-up recovery").
+
+A retry request is a file (``task-<id>.pickup.retry``) so that it works
+while the daemon runs: only the ledger's single writer turns it into a RETRY
+line, removes the failed marker and re-runs the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import attrs
+import structlog
+
+from anu_watchd import fsio, markers, spool
+from anu_watchd.fsio import durable
+from anu_watchd.model import LedgerState, Outcome, iso
+from anu_watchd.pipeline import Pipeline
+from anu_watchd.runtime import RUNS_IN_FLIGHT
+from anu_watchd.spool import TaskFiles
+from anu_watchd.stages import Stages
+
+_log = structlog.get_logger("anu_watchd.reconcile")
+STALE_TEMP_S = 60.0
+
+
+# -- start-up recovery ------------------------------------------------------------
+
+
+async def recover_markers(stages: Stages) -> None:
+    """Start-up: remove our stale temp files and rebuild the markers the ledger projects."""
+    sp = stages.config.spool
+    # We hold the instance lock, so the writer of a marker or envelope temp (and of anything
+    # in the quarantine dir) is dead: those go at once, however young (a restart after a
+    # crash comes within seconds). Other temps get a minute's grace: `emit`, `ack` or
+    # `enable` may be writing one right now.
+    removed = await durable(
+        fsio.remove_stale_temps,
+        sp.events_dir,
+        min_age_s=STALE_TEMP_S,
+        dead_writer=spool.is_own_temp,
+    )
+    if sp.quarantine_dir.is_dir():
+        removed += await durable(fsio.remove_stale_temps, sp.quarantine_dir)
+    if removed:
+        _log.info("stale_temps_removed", count=len(removed))
+    await _rebuild_markers(stages)
+
+
+async def _rebuild_markers(stages: Stages) -> None:
+    """Write the markers the ledger says should exist but are absent.
+
+    One directory listing, not one open per ledger entry: a marker that exists
+    but is unreadable fails the scan's stamp check and is repaired there.
+    """
+    ledger = stages.ledger
+    events_dir = stages.config.spool.events_dir
+    present = set(await asyncio.to_thread(spool.list_names, events_dir))
+    for task_id, state in ledger.terminal_tasks():
+        path = TaskFiles(events_dir, task_id).marker_for(state)
+        if path.name in present:
+            continue
+        entry = ledger.latest_for_task(task_id)
+        if entry is None:
+            continue
+        # No file stamp: the result may have changed since, so the next scan must hash it.
+        fresh = markers.marker_doc(entry, attempts=entry.attempt, ts=entry.ts)
+        await durable(markers.write_json, path, fresh)
+        _log.info("marker_rebuilt", task_id=task_id, marker=path.name)
+
+
+def refire_paths(stages: Stages) -> list[Path]:
+    """The results of every CLAIMED wake: re-run with the same key (at-least-once).
+
+    Run them with ``scan=True``: an unfinished entry has no marker for the current
+    file, so it runs; a superseded one (the result was rewritten since) is settled
+    and skipped silently.
+    """
+    unfinished = stages.ledger.unfinished()
+    if unfinished:
+        _log.warning("refiring_in_flight", count=len(unfinished))
+    events_dir = stages.config.spool.events_dir
+    return [TaskFiles(events_dir, e.task_id).result for e in unfinished]
+
+
+# -- retry requests -----------------------------------------------------------------
+
+
+def request_retry(files: TaskFiles, ts: str) -> None:
+    """Write the retry request (any process; the lock holder consumes it)."""
+    fsio.atomic_write(files.retry, markers.encode_json({"task_id": files.task_id, "ts": ts}))
+
+
+async def consume_retry(stages: Stages, task_id: str) -> bool:
+    """Ledger RETRY + failed marker removed + request removed; True if the task should re-run."""
+    files = TaskFiles(stages.config.spool.events_dir, task_id)
+    latest = stages.ledger.latest_for_task(task_id)
+    ok = latest is not None and latest.state is LedgerState.FAILED
+    if latest is not None and ok:
+        await stages.ledger.record(
+            attrs.evolve(latest, state=LedgerState.RETRY, ts=iso(stages.clock()))
+        )
+        await durable(fsio.remove_durably, files.failed)
+        _log.info("retry_accepted", task_id=task_id, idempotency_key=latest.key)
+    else:
+        state = latest.state if latest is not None else None
+        _log.warning(
+            "retry_ignored", task_id=task_id, reason=f"latest state is {state}, not FAILED"
+        )
+    await durable(fsio.remove_durably, files.retry)
+    return ok
+
+
+async def retry_paths(stages: Stages, task_ids: Iterable[str]) -> list[Path]:
+    """Consume these retry requests while the driver is enabled; the results to re-run.
+
+    Disabled, a request is left in place: the rescan that enabling triggers takes it.
+    """
+    sp = stages.config.spool
+    paths: list[Path] = []
+    for task_id in task_ids:
+        if not spool.is_enabled(sp.enable_flag):
+            break
+        if await consume_retry(stages, task_id):
+            paths.append(TaskFiles(sp.events_dir, task_id).result)
+    return paths
+
+
+async def pending_retry_paths(stages: Stages) -> list[Path]:
+    """Consume every pending retry request (``retry_paths`` over a listing)."""
+    events_dir = stages.config.spool.events_dir
+    return await retry_paths(stages, await asyncio.to_thread(spool.list_retry_requests, events_dir))
+
+
+# -- rescans ------------------------------------------------------------------------
+
+
+async def rescan_names(stages: Stages, reasons: list[str]) -> list[str]:
+    """The result names a rescan runs (after its retry requests); none while disabled."""
+    sp = stages.config.spool
+    if not spool.is_enabled(sp.enable_flag):
+        _log.debug("rescan_skipped_disabled", reasons=reasons)
+        return []
+    names = await asyncio.to_thread(spool.list_results, sp.events_dir, sp.result_glob)
+    _log.info("rescan_started", reasons=reasons, listed=len(names))
+    return names
+
+
+async def run_all(
+    pipeline: Pipeline, paths: Iterable[Path], *, concurrency: int, scan: bool
+) -> list[Outcome]:
+    """Run paths through the pipeline with at most ``concurrency`` in flight."""
+    outcomes: list[Outcome] = []
+    source: Iterator[Path] = iter(paths)
+
+    async def worker() -> None:
+        for path in source:  # a shared iterator: each path is taken by exactly one worker
+            out = await pipeline.pickup(path, scan=scan)
+            if out is not None:
+                outcomes.append(out)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(max(1, concurrency)):
+                tg.create_task(worker())
+    except ExceptionGroup as group:
+        # The first failure cancelled the other workers; callers (and the CLI's exit
+        # codes: DurabilityError -> 70) expect that error itself, not a group.
+        raise group.exceptions[0] from group
+    return outcomes
+
+
+# -- one-shot (scan --once) -----------------------------------------------------------
+
+
+async def recover(pipeline: Pipeline) -> list[Outcome]:
+    """One-shot recovery: markers, retry requests, then re-fire what was in flight (same key)."""
+    stages = pipeline.stages
+    await recover_markers(stages)
+    # A consumed request's failed marker is gone: the reconcile pass that follows runs it.
+    await pending_retry_paths(stages)
+    paths = refire_paths(stages)
+    return await run_all(pipeline, paths, concurrency=RUNS_IN_FLIGHT, scan=True)
+
+
+async def reconcile(pipeline: Pipeline) -> list[Outcome]:
+    """One pass over the events directory; settled files are skipped silently."""
+    sp = pipeline.stages.config.spool
+    names = await asyncio.to_thread(spool.list_results, sp.events_dir, sp.result_glob)
+    paths = (sp.events_dir / n for n in names)
+    outcomes = await run_all(pipeline, paths, concurrency=RUNS_IN_FLIGHT, scan=True)
+    _log.info("scan_finished", listed=len(names), ran=len(outcomes))
+    return outcomes
