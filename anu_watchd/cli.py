@@ -1,13 +1,13 @@
-"""Command line: argument parsing and exit codes only; the work is elsewhere.
+"""Command line: argument parsing, printing and exit codes only; the work is in ``commands``.
 
-Exit codes (sysexits): 0 ok, 64 usage, 70 fatal internal or durability
-failure, 75 temporary (the instance lock is held), 78 configuration.
+Exit codes are ``errors.ExitCode`` (sysexits): 0 ok, 64 usage, 70 fatal
+internal or durability failure, 75 temporary (the instance lock is held),
+78 configuration.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -16,24 +16,21 @@ from typing import Any, NoReturn
 
 import attrs
 
-from anu_watchd import __version__, fsio, producer, quarantine, status
+from anu_watchd import __version__, commands, producer, status
+from anu_watchd.commands import Runs
 from anu_watchd.config import Config, config_path, load_config
 from anu_watchd.errors import (
     AnuWatchdError,
     ConfigError,
     DurabilityError,
+    ExitCode,
     LockHeldError,
     NotWrittenError,
     OutcomeUnknownError,
     UsageError,
 )
-from anu_watchd.locks import InstanceLock
-from anu_watchd.markers import encode_json
-from anu_watchd.model import TASK_ID_RE, Outcome, iso, utc_now
-from anu_watchd.runtime import open_pipeline, rules_for
-from anu_watchd.spool import TaskFiles, is_enabled
-
-EX_OK, EX_USAGE, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 70, 75, 78
+from anu_watchd.model import Outcome
+from anu_watchd.secret import SealedKey
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -41,7 +38,7 @@ Handler = Callable[[argparse.Namespace], int]
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -52,17 +49,14 @@ def _say(msg: str) -> None:
     print(f"anu-watchd: {msg}", file=sys.stderr)
 
 
-def _configure_logs(config: Config, key: Any) -> None:
+def _key_and_logs(config: Config) -> SealedKey:
+    """The sealed key, and logs configured to redact it; one-shot commands log to stderr."""
     from anu_watchd import logs
-
-    # One-shot commands print results on stdout; their logs go to stderr.
-    logs.configure(level=config.log.level, fmt=config.log.format, key=key, stream=sys.stderr)
-
-
-def _load_key(config: Config) -> Any:
     from anu_watchd.secret import load_key
 
-    return load_key(config.key.file, root=config.root)
+    key = load_key(config.key.file, root=config.root)
+    logs.configure(level=config.log.level, fmt=config.log.format, key=key, stream=sys.stderr)
+    return key
 
 
 # -- commands -----------------------------------------------------------------
@@ -76,69 +70,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_outcome(out: Outcome, as_json: bool) -> None:
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "path": out.path,
-                    "task_id": out.task_id,
-                    "verdict": str(out.verdict),
-                    "reason": out.reason,
-                },
-                ensure_ascii=False,
-            ),
-            flush=True,
-        )
+        doc = {"path": out.path, "task_id": out.task_id, "verdict": str(out.verdict)}
+        print(json.dumps({**doc, "reason": out.reason}, ensure_ascii=False), flush=True)
     else:
         print(f"{out.task_id or out.path}\t{out.verdict}\t{out.reason or ''}".rstrip(), flush=True)
 
 
-def _one_shot(args: argparse.Namespace, role: str, work: Callable[..., Any]) -> int:
-    config = _config(args)
-    key = _load_key(config)
-    _configure_logs(config, key)
-    if not is_enabled(config.spool.enable_flag):
-        # Disabled is a full no-op: no lock file, no ledger, no evidence line.
-        _say(f"the driver is disabled ({config.spool.enable_flag} is absent or not `true`)")
-        return EX_OK
-    with InstanceLock(config.spool.lock_file, role=role):
-        outcomes: list[Outcome] = asyncio.run(work(config, key))
-    for out in outcomes:
-        _print_outcome(out, args.json)
-    return EX_OK
+def _print_runs(runs: Runs, config: Config, as_json: bool) -> int:
+    if runs.disabled:
+        flag = config.spool.enable_flag
+        _say(f"the driver is disabled ({flag} is absent or not `true`)")
+    for out in runs.outcomes:
+        _print_outcome(out, as_json)
+    return ExitCode.OK
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from anu_watchd.receipts import ReceiptWatch
-    from anu_watchd.reconcile import reconcile, recover
-
-    async def work(config: Config, key: Any) -> list[Outcome]:
-        async with open_pipeline(config, key) as pipeline:
-            outcomes = [*await recover(pipeline), *await reconcile(pipeline)]
-            await ReceiptWatch().sweep(pipeline.stages)
-            return outcomes
-
     if not args.once:
         raise UsageError("scan needs --once (the daemon is `anu-watchd run`)")
-    return _one_shot(args, "scan", work)
+    config = _config(args)
+    return _print_runs(commands.scan_once(config, _key_and_logs(config)), config, args.json)
 
 
 def cmd_pickup(args: argparse.Namespace) -> int:
-    path = Path(args.path)
-
-    async def work(config: Config, key: Any) -> list[Outcome]:
-        if path.absolute().parent.resolve() != config.spool.events_dir.resolve():
-            raise UsageError(f"{path} is not in the events directory {config.spool.events_dir}")
-        async with open_pipeline(config, key) as pipeline:
-            out = await pipeline.pickup(config.spool.events_dir / path.name, scan=False)
-        if out is None:
-            _say(f"{path}: nothing done (driver disabled, not a result name, or vanished)")
-        return [out] if out is not None else []
-
-    return _one_shot(args, "pickup", work)
-
-
-def cmd_emit(args: argparse.Namespace) -> int:
     config = _config(args)
+    path = Path(args.path)
+    runs = commands.pickup(config, _key_and_logs(config), path)
+    if not runs.disabled and not runs.outcomes:
+        _say(f"{path}: nothing done (driver disabled, not a result name, or vanished)")
+    return _print_runs(runs, config, args.json)
+
+
+def _emit_document(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     if args.json == "-":
         try:
             doc = json.loads(sys.stdin.buffer.read())
@@ -146,150 +109,87 @@ def cmd_emit(args: argparse.Namespace) -> int:
             raise UsageError(f"stdin is not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise UsageError("stdin must hold a JSON object")
-    elif args.json is not None:
+        return doc
+    if args.json is not None:
         raise UsageError("--json takes only '-' (the document on stdin)")
-    else:
-        missing = [
-            f"--{n.replace('_', '-')}"
-            for n in ("task_id", "status", "executor", "summary")
-            if getattr(args, n) is None
-        ]
-        if missing:
-            raise UsageError(f"missing {', '.join(missing)} (or use --json -)")
-        doc = producer.result_document(
-            task_id=args.task_id,
-            status=args.status,
-            executor=args.executor,
-            summary=args.summary,
-            collector=args.collector or config.spool.collector,
-            report_path=args.report_path,
-            commit=args.commit,
-        )
-    rules = rules_for(config, None)
-    path = producer.write_result(config.spool.events_dir, doc, rules=rules)
-    print(path)
-    return EX_OK
+    fields = ("task_id", "status", "executor", "summary")
+    missing = [f"--{n.replace('_', '-')}" for n in fields if getattr(args, n) is None]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)} (or use --json -)")
+    return producer.result_document(
+        task_id=args.task_id,
+        status=args.status,
+        executor=args.executor,
+        summary=args.summary,
+        collector=args.collector or config.spool.collector,
+        report_path=args.report_path,
+        commit=args.commit,
+    )
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(commands.emit(config, _emit_document(args, config)))
+    return ExitCode.OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     print(f"ok: {config.source}")
-    return EX_OK
+    return ExitCode.OK
 
 
 def cmd_enable(args: argparse.Namespace) -> int:
-    flag = _config(args).spool.enable_flag
-    flag.parent.mkdir(parents=True, exist_ok=True)
-    fsio.atomic_write(flag, b"true\n")
-    print(f"enabled: {flag}")
-    return EX_OK
+    print(f"enabled: {commands.enable(_config(args))}")
+    return ExitCode.OK
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
-    flag = _config(args).spool.enable_flag
-    fsio.remove_durably(flag)
-    print(f"disabled: {flag} removed")
-    return EX_OK
+    print(f"disabled: {commands.disable(_config(args))} removed")
+    return ExitCode.OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    doc = status.collect(_config(args))
+    doc = commands.spool_status(_config(args))
     print(json.dumps(doc, ensure_ascii=False) if args.json else status.render(doc))
-    return EX_OK
+    return ExitCode.OK
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    spool = _config(args).spool
-    entries = quarantine.list_quarantined(spool.quarantine_dir)
-    if args.action == "list":
-        for e in entries:
-            if args.json:
-                # ASCII escapes: a name's undecodable bytes are lone surrogates here.
-                print(json.dumps(attrs.asdict(e)))
-            else:
-                fields = (e.name, e.reason or "?", e.ts or "", e.detail or "")
-                print("\t".join(_shown(f) for f in fields))
-        return EX_OK
-    if not args.name:
-        raise UsageError("quarantine release needs NAME (as `quarantine list` shows it)")
-    # NAME as listed, or exactly (from --json). Listed forms are one-to-one (a backslash is
-    # doubled), but one entry's exact name can be another's listed form: then refuse.
-    named = {e.name for e in entries if args.name in (e.name, _shown(e.name))}
-    if len(named) > 1:
-        raise UsageError(
-            f"{args.name!r} is one entry's name and another's listed form; "
-            "give the form `quarantine list` shows"
-        )
-    name = named.pop() if named else args.name
-    try:
-        dest = quarantine.release(spool.quarantine_dir, name, spool.events_dir)
-    except FileNotFoundError:
-        raise UsageError(f"no quarantined entry named {args.name!r}") from None
-    except FileExistsError:
-        raise UsageError(f"{args.name!r}: the events directory already has that result") from None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    print(f"released: {dest}")
-    return EX_OK
-
-
-def _shown(text: str) -> str:
-    """``text`` for one tab-separated line of a terminal: control characters and ``\\`` escaped."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(
-        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode() for c in text
-    )
+    config = _config(args)
+    if args.action == "release":
+        if not args.name:
+            raise UsageError("quarantine release needs NAME (as `quarantine list` shows it)")
+        print(f"released: {commands.release(config, args.name)}")
+        return ExitCode.OK
+    for e in commands.quarantined(config):
+        if args.json:
+            # ASCII escapes: a name's undecodable bytes are lone surrogates here.
+            print(json.dumps(attrs.asdict(e)))
+        else:
+            fields = (e.name, e.reason or "?", e.ts or "", e.detail or "")
+            print("\t".join(commands.shown(f) for f in fields))
+    return ExitCode.OK
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if not TASK_ID_RE.fullmatch(args.task):
-        raise UsageError(f"task id must match {TASK_ID_RE.pattern}")
-    files = TaskFiles(config.spool.events_dir, args.task)
-    fsio.atomic_write(files.acked, encode_json({"task_id": args.task, "ts": iso(utc_now())}))
-    print(f"acked: {files.acked}")
-    return EX_OK
+    print(f"acked: {commands.ack(_config(args), args.task)}")
+    return ExitCode.OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from anu_watchd.locks import is_held
-    from anu_watchd.reconcile import consume_retry, request_retry
-
     config = _config(args)
-    if not TASK_ID_RE.fullmatch(args.task):
-        raise UsageError(f"task id must match {TASK_ID_RE.pattern}")
-    files = TaskFiles(config.spool.events_dir, args.task)
-    if is_held(config.spool.lock_file):
-        request_retry(files, iso(utc_now()))
+    answer = commands.retry(config, lambda: _key_and_logs(config), args.task)
+    if answer.requested:
         print(f"retry requested: the running daemon will re-run {args.task}")
-        return EX_OK
-
-    async def work(config: Config, key: Any) -> list[Outcome]:
-        async with open_pipeline(config, key) as pipeline:
-            if not await consume_retry(pipeline.stages, args.task):
-                raise UsageError(f"{args.task} is not FIRE_FAILED; nothing to retry")
-            out = await pipeline.pickup(files.result, scan=False)
-        return [out] if out is not None else []
-
-    return _one_shot(args, "retry", work)
+        return ExitCode.OK
+    return _print_runs(answer.runs, config, args.json)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from anu_watchd.reload import request_reload
-
-    config = _config(args)
-    ok, message = request_reload(config, pid=args.pid, timeout_s=args.timeout)
-    print(message, file=sys.stdout if ok else sys.stderr)
-    return EX_OK if ok else message_code(message)
-
-
-def message_code(message: str) -> int:
-    return (
-        EX_TEMPFAIL
-        if message.startswith("no daemon")
-        else (EX_CONFIG if message.startswith("refused") else EX_SOFTWARE)
-    )
+    answer = commands.reload(_config(args), pid=args.pid, timeout_s=args.timeout)
+    print(answer.message, file=sys.stdout if answer.ok else sys.stderr)
+    return answer.code
 
 
 # -- parser -------------------------------------------------------------------
@@ -345,22 +245,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.func
     try:
-        return handler(args)
-    except ConfigError as exc:
-        _say(f"configuration error: {exc}")
-        return EX_CONFIG
-    except LockHeldError as exc:
-        _say(f"another instance is running: {exc}")
-        return EX_TEMPFAIL
-    except UsageError as exc:
-        _say(str(exc))
-        return EX_USAGE
-    except OutcomeUnknownError as exc:
-        _say(f"outcome unknown: {exc}; write the same bytes again (idempotent)")
-        return EX_TEMPFAIL
-    except (DurabilityError, NotWrittenError) as exc:
-        _say(f"fatal: {exc}")
-        return EX_SOFTWARE
+        return int(handler(args))
     except AnuWatchdError as exc:
-        _say(f"error: {exc}")
-        return EX_SOFTWARE
+        code, message = _failure(exc)
+        _say(message)
+        return code
+
+
+def _failure(exc: AnuWatchdError) -> tuple[ExitCode, str]:
+    """The exit code and the one line a command that failed with ``exc`` ends on."""
+    if isinstance(exc, ConfigError):
+        return ExitCode.CONFIG, f"configuration error: {exc}"
+    if isinstance(exc, LockHeldError):
+        return ExitCode.TEMPFAIL, f"another instance is running: {exc}"
+    if isinstance(exc, UsageError):
+        return ExitCode.USAGE, str(exc)
+    if isinstance(exc, OutcomeUnknownError):
+        return ExitCode.TEMPFAIL, f"outcome unknown: {exc}; write the same bytes again (idempotent)"
+    if isinstance(exc, DurabilityError | NotWrittenError):
+        return ExitCode.SOFTWARE, f"fatal: {exc}"
+    return ExitCode.SOFTWARE, f"error: {exc}"

@@ -30,7 +30,13 @@ import structlog
 
 from anu_watchd import fsio, logs, reconcile
 from anu_watchd.config import Config, load_config
-from anu_watchd.errors import ConfigError, DurabilityError, LockHeldError
+from anu_watchd.errors import (
+    ConfigError,
+    DurabilityError,
+    ExitCode,
+    LockHeldError,
+    WatchLostError,
+)
 from anu_watchd.intake import Intake, IntakeEvent, Kind, filesystem_type, is_network_fs
 from anu_watchd.locks import InstanceLock
 from anu_watchd.markers import encode_json
@@ -45,13 +51,8 @@ from anu_watchd.spool import is_enabled
 
 _log = structlog.get_logger("anu_watchd.daemon")
 
-EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 70, 75, 78
 QUEUE_BOUND = 1024
 STATUS_EVERY_S = 2.0
-
-
-class Fatal(Exception):
-    """Stop the daemon with exit 70."""
 
 
 class Daemon:
@@ -85,7 +86,7 @@ class Daemon:
             self.key = load_key(self.config.key.file, environ=self.environ, root=self.config.root)
         except ConfigError as exc:
             print(f"anu-watchd: configuration error: {exc}", file=sys.stderr, flush=True)
-            return EX_CONFIG
+            return ExitCode.CONFIG
         logs.configure(level=self.config.log.level, fmt=self.config.log.format, key=self.key)
         ensure_dirs(self.config)
         lock = InstanceLock(self.config.spool.lock_file, role="run")
@@ -93,14 +94,14 @@ class Daemon:
             lock.acquire()
         except LockHeldError as exc:
             _log.error("lock_held", error=str(exc))
-            return EX_TEMPFAIL
+            return ExitCode.TEMPFAIL
         try:
             async with open_pipeline(self.config, self.key) as pipeline:
                 self.pipeline = pipeline
                 return await self._serve_with(pipeline)
         except DurabilityError as exc:
             _log.critical("durability_failure", error=str(exc))
-            return EX_SOFTWARE
+            return ExitCode.SOFTWARE
         finally:
             lock.release()
 
@@ -179,7 +180,7 @@ class Daemon:
 
     async def _wait_for_stop(self) -> int:
         await self._stop.wait()
-        return EX_OK if self._fatal is None else EX_SOFTWARE
+        return ExitCode.OK if self._fatal is None else ExitCode.SOFTWARE
 
     async def _drain(self) -> None:
         """Shutdown is start-up in reverse: intake off, in-flight runs finish, flush."""
@@ -234,7 +235,7 @@ class Daemon:
     async def _intake_reader(self) -> None:
         async for ev in self.intake.events():
             await self._on_event(ev)
-        raise Fatal(f"lost the watched directory {self.intake.events_dir}")
+        raise WatchLostError(f"lost the watched directory {self.intake.events_dir}")
 
     async def _on_event(self, ev: IntakeEvent) -> None:
         if ev.kind is Kind.RESULT and ev.path is not None:
@@ -251,7 +252,7 @@ class Daemon:
             await self._on_retry(ev.task_id)
         elif ev.kind is Kind.LOST:
             _log.critical("watched_directory_lost", path=str(ev.path), mask=ev.detail)
-            raise Fatal(f"lost the watched directory {ev.path} ({ev.detail})")
+            raise WatchLostError(f"lost the watched directory {ev.path} ({ev.detail})")
 
     async def _on_retry(self, task_id: str) -> None:
         for path in await reconcile.retry_paths(self.pipeline.stages, [task_id]):
@@ -318,7 +319,7 @@ class Daemon:
             # The ledger is consistent at every instant; in-flight work re-fires at start.
             _log.warning("second_signal_exit_now", signal=sig.name)
             sys.stdout.flush()
-            os._exit(EX_TEMPFAIL)
+            os._exit(ExitCode.TEMPFAIL)
         _log.info("stopping", signal=sig.name, in_queue=self._queue.qsize())
         self.notifier.stopping()
         self._stop.set()
@@ -434,7 +435,7 @@ class Daemon:
 def run_daemon(config_path: Path) -> int:
     """Process entry for ``anu-watchd run``; a fatal exit skips interpreter teardown."""
     code = asyncio.run(Daemon(config_path).serve())
-    if code == EX_SOFTWARE:
+    if code == ExitCode.SOFTWARE:
         sys.stdout.flush()
         os._exit(code)  # never let a thread finish one more write after a durability failure
     return code

@@ -4,11 +4,13 @@ Expected outcomes (a rejected result, a duplicate) are values, not exceptions;
 these are for the exceptional::
 
     AnuWatchdError
-    ├── ConfigError            fix the configuration; exit 78 (EX_CONFIG)
+    ├── ConfigError            fix the configuration; exit 78 (ExitCode.CONFIG)
     │   └── SecretError        the sealed key file is missing, empty or too open
     ├── LockHeldError          another instance runs; try later, exit 75
     ├── DurabilityError        daemon state could not be made durable: stop, exit 70
     │   └── LedgerCorruptError a ledger line in the middle does not parse
+    ├── WatchLostError         the watched events directory went away: stop, exit 70
+    ├── CheckpointError        a ledger checkpoint cannot be used: parse the whole ledger
     ├── WriteError             the producer's atomic write (fsio) failed
     │   ├── NotWrittenError    failed before the rename: nothing is left behind
     │   └── OutcomeUnknownError  the directory fsync failed: it may or may not survive
@@ -18,18 +20,33 @@ these are for the exceptional::
     ├── WakeError              the sink could not register the wake
     │   ├── TransientWakeError retry with backoff (bounded)
     │   └── PermanentWakeError do not retry: FIRE_FAILED
+    ├── WakeFailed             retries exhausted or permanent: FIRE_FAILED (wraps a WakeError)
     ├── EnvelopeError          an envelope is contradictory or cannot fit: FIRE_FAILED
     └── UsageError             the command line is wrong; exit 64
 
-Error messages never carry the sealed key or a result's content.
+Error messages never carry the sealed key or a result's content. Every
+process exit code is an ``ExitCode`` (sysexits), defined here and nowhere else.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING
+
+import attrs
 
 if TYPE_CHECKING:
     from anu_watchd.model import QuarantineReason
+
+
+class ExitCode(enum.IntEnum):
+    """The process exit codes, sysexits(3) values (docs/operations.md, "Exit codes")."""
+
+    OK = 0
+    USAGE = 64  # EX_USAGE: the command line is wrong
+    SOFTWARE = 70  # EX_SOFTWARE: fatal; a durability failure, a corrupt ledger, the watch lost
+    TEMPFAIL = 75  # EX_TEMPFAIL: try again later; the instance lock is held
+    CONFIG = 78  # EX_CONFIG: invalid configuration or key file; systemd does not restart
 
 
 class AnuWatchdError(Exception):
@@ -65,6 +82,14 @@ class LedgerCorruptError(DurabilityError):
         self.lineno = lineno
         self.reason = reason
         super().__init__(f"{path}:{lineno}: corrupt ledger line: {reason}")
+
+
+class WatchLostError(AnuWatchdError):
+    """The watched events directory was deleted, moved or unmounted."""
+
+
+class CheckpointError(AnuWatchdError, ValueError):
+    """The ledger checkpoint cannot be used; the message says why."""
 
 
 class WriteError(AnuWatchdError, OSError):
@@ -106,6 +131,17 @@ class TransientWakeError(WakeError):
 
 class PermanentWakeError(WakeError):
     """Retrying cannot help: a 4xx, a non-zero exit, a malformed answer."""
+
+
+@attrs.frozen
+class WakeFailed(AnuWatchdError):
+    """Retries are exhausted, or the error was permanent."""
+
+    error: WakeError
+    attempts: int
+
+    def __str__(self) -> str:
+        return f"{type(self.error).__name__} after {self.attempts} attempt(s): {self.error}"
 
 
 class EnvelopeError(AnuWatchdError, ValueError):

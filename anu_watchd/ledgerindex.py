@@ -58,6 +58,7 @@ import attrs
 import structlog
 
 from anu_watchd import fsio
+from anu_watchd.errors import CheckpointError
 
 _log = structlog.get_logger("anu_watchd.ledger")
 
@@ -85,10 +86,6 @@ _T = TypeVar("_T")
 
 if array("I").itemsize != 4 or array("q").itemsize != 8:
     raise ImportError("array typecodes I and q are not 4 and 8 bytes here")
-
-
-class CheckpointError(ValueError):
-    """The checkpoint cannot be used; the message says why."""
 
 
 @attrs.frozen

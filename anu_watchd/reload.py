@@ -15,6 +15,7 @@ from typing import Any
 
 from anu_watchd import fsio
 from anu_watchd.config import Config
+from anu_watchd.errors import ExitCode
 from anu_watchd.locks import is_held, read_holder
 
 POLL_S = 0.02
@@ -32,26 +33,32 @@ def _read(path: Path) -> dict[str, Any] | None:
     return fsio.read_json_object(path, _STATUS_MAX_BYTES)
 
 
-def request_reload(config: Config, *, pid: int | None, timeout_s: float) -> tuple[bool, str]:
-    """Signal and wait; ``(True, msg)`` if applied, ``(False, msg)`` otherwise."""
+def request_reload(config: Config, *, pid: int | None, timeout_s: float) -> tuple[ExitCode, str]:
+    """Signal and wait; ``(ExitCode.OK, msg)`` if applied, else the code that says why.
+
+    TEMPFAIL: no daemon runs; CONFIG: it refused the new config; SOFTWARE: no answer.
+    """
     lock = config.spool.lock_file
     holder = read_holder(lock)
     if pid is None:
         if not is_held(lock) or holder is None or holder.role != "run":
-            return False, f"no daemon runs (lock {lock} is free or held by a one-shot command)"
+            return (
+                ExitCode.TEMPFAIL,
+                f"no daemon runs (lock {lock} is free or held by a one-shot command)",
+            )
         pid = holder.pid
     status = reload_status_path(config)
     before = _read(status)
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
-        return False, f"no daemon runs (pid {pid} is gone)"
+        return ExitCode.TEMPFAIL, f"no daemon runs (pid {pid} is gone)"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         doc = _read(status)
         if doc is not None and doc != before and doc.get("pid") == pid:
             if doc.get("result") == "applied":
-                return True, f"reloaded: pid {pid} applied {config.source}"
-            return False, f"refused: {doc.get('reason')}"
+                return ExitCode.OK, f"reloaded: pid {pid} applied {config.source}"
+            return ExitCode.CONFIG, f"refused: {doc.get('reason')}"
         time.sleep(POLL_S)  # polling a file with a deadline; the daemon answers by writing it
-    return False, f"timed out: pid {pid} did not answer within {timeout_s:g} s"
+    return ExitCode.SOFTWARE, f"timed out: pid {pid} did not answer within {timeout_s:g} s"

@@ -17,6 +17,7 @@ import attrs
 import tenacity
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
+from anu_watchd.errors import WakeFailed as WakeFailed  # its home is errors; kept importable here
 
 
 class Sink(Protocol):
@@ -44,17 +45,6 @@ class RetryPolicy:
     attempts: int = 3
     initial_s: float = 0.5
     max_s: float = 8.0
-
-
-@attrs.frozen
-class WakeFailed(Exception):
-    """Retries are exhausted, or the error was permanent."""
-
-    error: WakeError
-    attempts: int
-
-    def __str__(self) -> str:
-        return f"{type(self.error).__name__} after {self.attempts} attempt(s): {self.error}"
 
 
 Sleep = Callable[[float], Awaitable[None]]
