@@ -1,4 +1,4 @@
-"""The daemon: start-up, serve, reload and shutdown; the one place that wires it all.
+"""The daemon: start-up, main loop, reload and shutdown over the stages ``runtime`` wires.
 
 Start-up follows SPEC section 8 in order: config, key, lock, ledger
 recovery, watches, READY=1, then the reconcile scan (the watch is armed
@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from anu_watchd.pipeline import Pipeline
 from anu_watchd.receipts import ReceiptWatch, mark_received
 from anu_watchd.reload import reload_status_path
 from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebuilt
-from anu_watchd.secret import load_key
+from anu_watchd.secret import SealedKey, load_key
 from anu_watchd.spool import is_enabled
 
 _log = structlog.get_logger("anu_watchd.daemon")
@@ -56,16 +56,31 @@ STATUS_EVERY_S = 2.0
 
 
 class Daemon:
-    """One daemon process; ``serve()`` returns the exit code."""
+    """One daemon process; ``serve()`` runs its phases and returns the exit code.
+
+    The phases, in the manner of uvicorn's ``Server``: ``startup`` (config, key,
+    lock, ledger recovery, watches, READY=1), ``main_loop`` (every task in one
+    ``asyncio.TaskGroup`` until a stop is requested or a task fails), ``reload``
+    (``handle_hup``) and ``shutdown`` (start-up in reverse, bounded). Once the
+    pipeline is open the config is read only through its current stages.
+    ``exit_now`` is how a second stop signal leaves at once; the entry point
+    (``run_daemon``) passes ``os._exit``, an in-process caller may pass its own.
+    """
 
     def __init__(
-        self, config_path: Path, *, environ: MutableMapping[str, str] | None = None
+        self,
+        config_path: Path,
+        *,
+        environ: MutableMapping[str, str] | None = None,
+        exit_now: Callable[[int], None] | None = None,
     ) -> None:
         self.config_path = config_path
         self.environ: MutableMapping[str, str] = environ if environ is not None else os.environ
         self.counts: Counter[str] = Counter()
         # unset: children (sinks, escalations) must never inherit NOTIFY_SOCKET or WATCHDOG_*.
         self.notifier = Notifier.from_env(self.environ, unset=True)
+        self.receipts = ReceiptWatch()
+        self._exit_now = exit_now
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._queue: asyncio.Queue[Path | None] = asyncio.Queue(QUEUE_BOUND)
         self._queued: set[str] = set()
@@ -74,16 +89,46 @@ class Daemon:
         self._stop = asyncio.Event()
         self._fatal: BaseException | None = None
         self._term_count = 0
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._abandoned = False
+        self._boot_config: Config | None = None
+        self._key: SealedKey | None = None
+        self._pipeline: Pipeline | None = None
+        self._intake: Intake | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._intake_task: asyncio.Task[None] | None = None
+        self._service: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
-        self.receipts = ReceiptWatch()
 
-    # -- lifecycle ------------------------------------------------------------
+    # -- what the phases share ------------------------------------------------------
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            raise RuntimeError("the daemon has not started")
+        return self._pipeline
+
+    @property
+    def config(self) -> Config:
+        """The current config: the pipeline's, once it is open (a reload swaps it there)."""
+        if self._pipeline is not None:
+            return self._pipeline.stages.config
+        if self._boot_config is None:
+            raise RuntimeError("the daemon has not loaded its config")
+        return self._boot_config
+
+    @property
+    def key(self) -> SealedKey:
+        if self._key is None:
+            raise RuntimeError("the daemon has not loaded its key")
+        return self._key
+
+    # -- the phases -----------------------------------------------------------------
 
     async def serve(self) -> int:
+        """Start up, serve until stopped, shut down; the process exit code."""
         try:
-            self.config = load_config(self.config_path)
-            self.key = load_key(self.config.key.file, environ=self.environ, root=self.config.root)
+            self._boot_config = load_config(self.config_path)
+            self._key = load_key(self.config.key.file, environ=self.environ, root=self.config.root)
         except ConfigError as exc:
             print(f"anu-watchd: configuration error: {exc}", file=sys.stderr, flush=True)
             return ExitCode.CONFIG
@@ -97,32 +142,68 @@ class Daemon:
             return ExitCode.TEMPFAIL
         try:
             async with open_pipeline(self.config, self.key) as pipeline:
-                self.pipeline = pipeline
-                return await self._serve_with(pipeline)
+                self._pipeline = pipeline
+                await self.startup()
+                return await self.main_loop()
         except DurabilityError as exc:
             _log.critical("durability_failure", error=str(exc))
             return ExitCode.SOFTWARE
         finally:
             lock.release()
 
-    async def _serve_with(self, pipeline: Pipeline) -> int:
-        self.intake = self._arm(self.config)
+    async def startup(self) -> None:
+        """Watches armed, signals installed, markers recovered, then READY=1."""
+        config = self.config
+        self._intake = self._arm(config)
         self._install_signals()
-        await reconcile.recover_markers(pipeline.stages)
+        await reconcile.recover_markers(self.pipeline.stages)
         self.notifier.ready(status=self._status_text())
         _log.info(
             "daemon_ready",
-            events_dir=str(self.config.spool.events_dir),
-            activated=self.config.wake.activated,
-            sink=self.config.wake.sink,
-            enabled=is_enabled(self.config.spool.enable_flag),
+            events_dir=str(config.spool.events_dir),
+            activated=config.wake.activated,
+            sink=config.wake.sink,
+            enabled=is_enabled(config.spool.enable_flag),
         )
-        self._start_tasks()
-        await self._unfinished_first(pipeline)
-        self.request_rescan("startup")
-        code = await self._wait_for_stop()
-        await self._drain()
-        return code
+
+    async def main_loop(self) -> int:
+        """Every task in one TaskGroup; in-flight work first, then a full rescan, until stop."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._start_tasks(tg)
+                await self._unfinished_first()
+                self.request_rescan("startup")
+                await self._stop.wait()
+                await self.shutdown()
+        except BaseExceptionGroup:
+            pass  # the first failure was logged and handled (_fail) when it was raised
+        finally:
+            self._require_intake().close()
+        if self._fatal is not None:
+            return ExitCode.SOFTWARE
+        if self._abandoned:
+            return ExitCode.TEMPFAIL
+        _log.info("daemon_stopped", **self.counts)
+        return ExitCode.OK
+
+    async def shutdown(self) -> None:
+        """Start-up in reverse: intake off, in-flight runs finish (bounded); flushed on close."""
+        self._require_intake().close()
+        for task in (*self._service, self._intake_task):
+            if task is not None:
+                task.cancel()
+        self._drop_queued()
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        timeout = self.config.drain_timeout_s
+        _, pending = await asyncio.wait(self._workers, timeout=timeout)
+        for w in pending:
+            w.cancel()
+        if pending:
+            _log.warning("drain_timed_out", cancelled_runs=len(pending), drain_timeout_s=timeout)
+
+    # -- tasks ------------------------------------------------------------------------
 
     def _arm(self, config: Config) -> Intake:
         intake = Intake(config.spool.events_dir, config.spool.enable_flag, config.spool.result_glob)
@@ -136,12 +217,11 @@ class Daemon:
             )
         return intake
 
-    def _start_tasks(self) -> None:
-        # Spawned like every other task: a worker's DurabilityError must stop the daemon.
+    def _start_tasks(self, tg: asyncio.TaskGroup) -> None:
         # Sink calls are bounded by wake.concurrency inside the pipeline, not here.
         self._workers = [self._spawn(self._worker(), f"worker-{i}") for i in range(RUNS_IN_FLIGHT)]
-        self._tasks = [
-            self._spawn(self._intake_reader(), "intake"),
+        self._intake_task = self._spawn(self._intake_reader(self._require_intake()), "intake")
+        self._service = [
             self._spawn(self._rescanner(), "rescanner"),
             self._spawn(self._signal_handler(), "signals"),
             self._spawn(self._status_ticker(), "status"),
@@ -149,62 +229,39 @@ class Daemon:
         ]
         interval = self.notifier.watchdog_s
         if interval is not None:
-            self._tasks.append(
-                self._spawn(watchdog_loop(self.notifier, interval, self.healthy), "watchdog")
-            )
+            watchdog = watchdog_loop(self.notifier, interval, self.healthy)
+            self._service.append(self._spawn(watchdog, "watchdog"))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._task_done)
-        return task
+        if self._tg is None:
+            raise RuntimeError("no task group: the daemon is not serving")
+        return self._tg.create_task(self._guarded(coro), name=name)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and self._fatal is None:
-            self._fatal = exc
-            _log.critical("daemon_fatal", error=str(exc), error_type=type(exc).__name__)
-            self._halt(exc)
-            self._stop.set()
+    async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run one task; its failure stops everything at the point it is raised."""
+        try:
+            await coro
+        except Exception as exc:
+            self._fail(exc)
+            raise
 
-    def _halt(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException) -> None:
         """Fail-stop, synchronously, before any other task runs again: no run, no line after it.
 
         Only work already inside a thread finishes; cancelled runs stop at their next await
         (a sink command is killed) and their queued ledger and evidence lines are dropped.
+        The TaskGroup then cancels every other task.
         """
-        self.pipeline.stages.halt(exc)
-        for task in (*self._workers, *self._tasks):
-            task.cancel()
-
-    async def _wait_for_stop(self) -> int:
-        await self._stop.wait()
-        return ExitCode.OK if self._fatal is None else ExitCode.SOFTWARE
-
-    async def _drain(self) -> None:
-        """Shutdown is start-up in reverse: intake off, in-flight runs finish, flush."""
-        self.intake.close()
-        for task in self._tasks:
-            task.cancel()
         if self._fatal is not None:
-            for w in self._workers:
-                w.cancel()
             return
-        self._drop_queued()
-        for _ in self._workers:
-            self._queue.put_nowait(None)
-        _, pending = await asyncio.wait(self._workers, timeout=self.config.drain_timeout_s)
-        for w in pending:
-            w.cancel()
-        if pending:
-            _log.warning(
-                "drain_timed_out",
-                cancelled_runs=len(pending),
-                drain_timeout_s=self.config.drain_timeout_s,
-            )
-        await asyncio.gather(*self._tasks, *pending, return_exceptions=True)
-        _log.info("daemon_stopped", **self.counts)
+        self._fatal = exc
+        _log.critical("daemon_fatal", error=str(exc), error_type=type(exc).__name__)
+        self.pipeline.stages.halt(exc)
+        failing = asyncio.current_task()
+        for task in (*self._workers, *self._service, self._intake_task):
+            if task is not None and task is not failing:
+                task.cancel()
+        self._stop.set()
 
     def _drop_queued(self) -> None:
         # Queued but not started: still on disk, the next start-up scan picks them up.
@@ -228,20 +285,20 @@ class Daemon:
         self._queued.add(path.name)
         await self._queue.put(path)
 
-    async def _unfinished_first(self, pipeline: Pipeline) -> None:
-        for path in reconcile.refire_paths(pipeline.stages):
+    async def _unfinished_first(self) -> None:
+        for path in reconcile.refire_paths(self.pipeline.stages):
             await self.enqueue(path)
 
-    async def _intake_reader(self) -> None:
-        async for ev in self.intake.events():
-            await self._on_event(ev)
-        raise WatchLostError(f"lost the watched directory {self.intake.events_dir}")
+    async def _intake_reader(self, intake: Intake) -> None:
+        async for ev in intake.events():
+            await self._on_event(ev, intake)
+        raise WatchLostError(f"lost the watched directory {intake.events_dir}")
 
-    async def _on_event(self, ev: IntakeEvent) -> None:
+    async def _on_event(self, ev: IntakeEvent, intake: Intake) -> None:
         if ev.kind is Kind.RESULT and ev.path is not None:
             await self.enqueue(ev.path)
         elif ev.kind is Kind.OVERFLOW:
-            _log.warning("inotify_overflow", overflows=self.intake.overflows)
+            _log.warning("inotify_overflow", overflows=intake.overflows)
             self.request_rescan("overflow")
         elif ev.kind is Kind.FLAG:
             self._on_flag()
@@ -318,10 +375,20 @@ class Daemon:
         if self._term_count > 1:
             # The ledger is consistent at every instant; in-flight work re-fires at start.
             _log.warning("second_signal_exit_now", signal=sig.name)
-            sys.stdout.flush()
-            os._exit(ExitCode.TEMPFAIL)
+            self._leave_now()
+            return
         _log.info("stopping", signal=sig.name, in_queue=self._queue.qsize())
         self.notifier.stopping()
+        self._stop.set()
+
+    def _leave_now(self) -> None:
+        """A second stop signal: the entry point exits at once (75); in process, skip the drain."""
+        if self._exit_now is not None:
+            self._exit_now(ExitCode.TEMPFAIL)
+            return
+        self._abandoned = True
+        for w in self._workers:
+            w.cancel()
         self._stop.set()
 
     async def handle_hup(self) -> None:
@@ -359,13 +426,13 @@ class Daemon:
             )
 
     async def _apply(self, new: Config) -> None:
-        old = self.config
         stages = self.pipeline.stages
+        old = stages.config
+        # One swap: from here on every reader of the config (self.config too) sees ``new``.
         self.pipeline.stages = rebuilt(stages, new, self.key)
         sink = self.pipeline.stages.sink
         if sink is not stages.sink:
             await stages.sink.aclose()
-        self.config = new
         logs.reconfigure_level(new.log.level)
         rearm = (new.spool.events_dir, new.spool.enable_flag, new.spool.result_glob) != (
             old.spool.events_dir,
@@ -384,12 +451,16 @@ class Daemon:
 
     def _rearm(self, new: Config) -> None:
         ensure_dirs(new)
-        old_task = self._tasks[0]
-        old_task.remove_done_callback(self._task_done)
-        old_task.cancel()
-        self.intake.close()
-        self.intake = self._arm(new)
-        self._tasks[0] = self._spawn(self._intake_reader(), "intake")
+        if self._intake_task is not None:
+            self._intake_task.cancel()  # a cancelled task is no failure: the group carries on
+        self._require_intake().close()
+        self._intake = self._arm(new)
+        self._intake_task = self._spawn(self._intake_reader(self._intake), "intake")
+
+    def _require_intake(self) -> Intake:
+        if self._intake is None:
+            raise RuntimeError("the watches are not armed")
+        return self._intake
 
     async def _record_reload(self, result: str, reason: str | None) -> None:
         doc = {
@@ -409,7 +480,7 @@ class Daemon:
 
     def healthy(self) -> bool:
         st = self.pipeline.stages
-        intake_alive = bool(self._tasks) and not self._tasks[0].done()
+        intake_alive = self._intake_task is not None and not self._intake_task.done()
         return self._fatal is None and intake_alive and st.ledger.healthy and st.evidence.healthy
 
     def _status_text(self) -> str:
@@ -418,7 +489,7 @@ class Daemon:
             f"woken={c['WAKE_BUILT']} skipped={c['PICKUP_SKIP']} "
             f"quarantined={c['QUARANTINE']} failed={c['FIRE_FAILED']} "
             f"not_activated={c['FIRE_NOT_ACTIVATED']} "
-            f"overflows={self.intake.overflows if hasattr(self, 'intake') else 0} "
+            f"overflows={self._intake.overflows if self._intake is not None else 0} "
             f"queued={self._queue.qsize()}"
         )
 
@@ -434,8 +505,13 @@ class Daemon:
 
 def run_daemon(config_path: Path) -> int:
     """Process entry for ``anu-watchd run``; a fatal exit skips interpreter teardown."""
-    code = asyncio.run(Daemon(config_path).serve())
+    code = asyncio.run(Daemon(config_path, exit_now=_exit_now).serve())
     if code == ExitCode.SOFTWARE:
-        sys.stdout.flush()
-        os._exit(code)  # never let a thread finish one more write after a durability failure
+        _exit_now(code)  # never let a thread finish one more write after a durability failure
     return code
+
+
+def _exit_now(code: int) -> None:
+    """Leave the process at once: no drain, no flush but stdout's, no interpreter teardown."""
+    sys.stdout.flush()
+    os._exit(code)
