@@ -14,23 +14,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
+from tests.deadline import wait_for as wait_for  # re-exported: tests import it from here
 from tests.spool import REPO, Spool
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
-    """Poll ``cond`` until it is truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(poll)
 
 
 class DaemonProc:

@@ -11,11 +11,6 @@ import pytest
 from tests.spool import Spool, json_lines, valid_doc
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path)
-
-
 def test_emit_writes_a_valid_result_atomically(spool: Spool) -> None:
     """emit with flags writes task-<id>.result.json that the scan then wakes."""
     res = spool.cli(

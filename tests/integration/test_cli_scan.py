@@ -11,11 +11,6 @@ import pytest
 from tests.spool import Spool, json_lines, valid_doc
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path)
-
-
 def _by_task(out: str) -> dict[str, dict[str, object]]:
     return {str(line["task_id"] or line["path"]): line for line in json_lines(out)}
 

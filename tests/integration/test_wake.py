@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +27,7 @@ from anu_watchd.receipts import ReceiptWatch
 from anu_watchd.runtime import open_pipeline
 from anu_watchd.secret import load_key
 from anu_watchd.stages import Stages
+from tests.deadline import until
 from tests.fsyncgate import FsyncGate
 from tests.sinkhelpers import (
     TestHttpServer,
@@ -144,11 +145,6 @@ def assert_all_envelopes_valid(root: Path) -> int:
 def every_envelope_passes_check(tmp_path: Path) -> Iterator[None]:
     yield
     assert_all_envelopes_valid(tmp_path)
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path)
 
 
 # -- exec: the happy path ----------------------------------------------------------------
@@ -418,15 +414,6 @@ async def test_a_reload_that_lowers_concurrency_binds_runs_already_in_flight(
     spans = call_spans(rec.sink)
     assert len(spans) == 6
     assert most_at_once(spans) == 1
-
-
-async def until(condition: Callable[[], bool], *, deadline_s: float = 10.0) -> None:
-    """Wait, without blocking the loop, until ``condition()`` holds; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not condition():
-        assert loop.time() < end, "condition not reached by the deadline"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_reload_that_lowers_concurrency_binds_runs_already_waiting(spool: Spool) -> None:

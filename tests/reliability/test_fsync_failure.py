@@ -36,6 +36,7 @@ from anu_watchd.ledger import Ledger
 from anu_watchd.model import LedgerEntry, LedgerState
 from anu_watchd.runtime import open_pipeline
 from anu_watchd.secret import load_key
+from tests.deadline import until
 from tests.fsyncgate import FsyncGate
 from tests.reliability.blockdev import FailingDisk, why_not
 from tests.reliability.harness import (
@@ -211,11 +212,8 @@ def test_scan_once_exits_70_on_an_fsync_failure_and_writes_nothing_more(
 async def _serve_until(d: Daemon, done: Callable[[], bool], timeout: float) -> int:
     """Run the daemon until ``done()``, then stop it; its exit code."""
     task = asyncio.ensure_future(d.serve())
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not done():
-        assert not task.done(), f"the daemon exited {task.result()} before it was done"
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting for the daemon"
-        await asyncio.sleep(0.02)
+    await until(lambda: done() or task.done(), deadline_s=timeout, what="the daemon")
+    assert not task.done(), f"the daemon exited {task.result()} before it was done"
     d.request_stop()
     return await asyncio.wait_for(task, 30)
 

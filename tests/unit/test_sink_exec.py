@@ -16,6 +16,7 @@ from anu_watchd.errors import PermanentWakeError, TransientWakeError
 from anu_watchd.secret import SealedKey
 from anu_watchd.sinks.base import RetryPolicy, register_with_retries
 from anu_watchd.sinks.exec import CHILD_PATH, ExecSink, schedule_id_from_stdout
+from tests.deadline import settles
 from tests.sinkhelpers import (
     child_is_gone,
     read_sink_calls,
@@ -62,12 +63,7 @@ def reaped(pid: int) -> bool:
 
 
 def wait_until_gone(pid: int, deadline_s: float = 5.0) -> bool:
-    end = time.monotonic() + deadline_s
-    while not child_is_gone(pid):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
+    return settles(lambda: child_is_gone(pid), deadline_s)
 
 
 async def test_json_schedule_id_is_returned_and_envelope_is_on_stdin(

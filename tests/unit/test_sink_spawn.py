@@ -11,7 +11,6 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from anu_watchd.sinks import spawn
 from anu_watchd.sinks.exec import CHILD_PATH
 from anu_watchd.sinks.spawn import Child, Finished
+from tests.deadline import eventually
 
 ENV = {"PATH": CHILD_PATH, "LANG": "C.UTF-8"}
 LIMIT = 64 * 1024
@@ -64,15 +64,6 @@ def reaped(pid: int) -> bool:
     except ChildProcessError:
         return True
     return False
-
-
-async def eventually(condition: Callable[[], bool], deadline_s: float = 5.0) -> bool:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def sleeper_pid(dir: Path) -> int:
