@@ -1,9 +1,14 @@
 """Escalation: tell a human that a wake failed or was never acknowledged.
 
-Runs ``wake.escalate_argv`` once, no shell, a clean environment, the JSON
-document on stdin, bounded by a timeout. An escalation that itself fails is
-logged at ``critical`` and never retried: the failed marker and the log line
-already carry the facts.
+Runs ``wake.escalate_argv`` once, no shell, the clean child environment of
+``sinks.spawn``, the JSON document on stdin, bounded by a timeout. It starts
+like every other command the daemon runs (``spawn.Child``), with one
+difference kept on purpose: its output goes to /dev/null and only its own
+exit is awaited, so whatever an escalation script starts in the background
+(a mailer, a pager client) keeps running after it exits; a timeout kills the
+script alone, not its group (docs/design.md, "Escalation"). An escalation
+that itself fails is logged at ``critical`` and never retried: the failed
+marker and the log line already carry the facts.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from typing import Any
 
 import structlog
 
-_log = structlog.get_logger("anu_watchd.escalate")
+from anu_watchd.sinks.spawn import Child, clean_env
 
-CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+_log = structlog.get_logger("anu_watchd.escalate")
 
 
 async def escalate(argv: Sequence[str], doc: dict[str, Any], *, timeout_s: float) -> bool:
@@ -26,14 +31,7 @@ async def escalate(argv: Sequence[str], doc: dict[str, Any], *, timeout_s: float
         return False
     body = json.dumps(doc, separators=(",", ":")).encode()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            env=dict(CLEAN_ENV),
-            start_new_session=True,
-        )
+        child = Child.start(argv, clean_env(), body, limit=0, keep_output=False)
     except OSError as exc:
         _log.critical("escalation_failed", error=f"cannot start: {exc.strerror}", **_ids(doc))
         return False
@@ -41,14 +39,13 @@ async def escalate(argv: Sequence[str], doc: dict[str, Any], *, timeout_s: float
         # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races the child's
         # exit (gh-86296), and a sweeper that never sees its cancel hangs the daemon's stop.
         async with asyncio.timeout(timeout_s):
-            await proc.communicate(body)
+            done = await child.finished()
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        await child.kill(group=False)
         _log.critical("escalation_failed", error="timed out", **_ids(doc))
         return False
-    if proc.returncode != 0:
-        _log.critical("escalation_failed", error=f"exit {proc.returncode}", **_ids(doc))
+    if done.returncode != 0:
+        _log.critical("escalation_failed", error=f"exit {done.returncode}", **_ids(doc))
         return False
     _log.info("escalation_sent", **_ids(doc))
     return True

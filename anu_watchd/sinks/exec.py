@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
-from anu_watchd.sinks.spawn import Child, Finished
+from anu_watchd.sinks.spawn import CHILD_PATH as CHILD_PATH  # its home is spawn
+from anu_watchd.sinks.spawn import Child, Finished, clean_env
 
 if TYPE_CHECKING:
     from anu_watchd.secret import SealedKey
 
 EX_TEMPFAIL = 75
-CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_ID_CHARS = 200
 _OUTPUT_LIMIT = 64 * 1024  # kept of each of stdout and stderr; the rest is drained
 _STDERR_QUOTE_CHARS = 500
@@ -70,7 +70,7 @@ class ExecSink:
         self._timeout_s = timeout_s
         self._key = key
         # Built once: a spawn only adds the idempotency key to a copy.
-        self._base_env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8"}
+        self._base_env = clean_env()
         if key_file is not None:
             self._base_env["ANU_WATCHD_KEY_FILE"] = str(key_file)
 

@@ -52,6 +52,14 @@ from collections.abc import Callable, Sequence
 import attrs
 
 _READ_SIZE = 64 * 1024
+# The whole environment of every command the daemon runs (sinks, escalations): nothing is
+# inherited; callers add their own variables to a copy.
+CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def clean_env() -> dict[str, str]:
+    """A fresh copy of the clean environment a child starts from."""
+    return {"PATH": CHILD_PATH, "LANG": "C.UTF-8"}
 
 
 @attrs.frozen
@@ -69,8 +77,7 @@ class Child:
         loop: asyncio.AbstractEventLoop,
         proc: subprocess.Popen[bytes],
         stdin: _PendingInput | None,
-        stdout: int,
-        stderr: int,
+        outputs: tuple[int, ...],
         *,
         limit: int,
     ) -> None:
@@ -78,9 +85,9 @@ class Child:
         self._proc = proc
         self._stdin = stdin
         self._limit = limit
-        self._out: dict[int, bytearray] = {stdout: bytearray(), stderr: bytearray()}
-        self._order = (stdout, stderr)
-        self._open = set(self._order)
+        self._out: dict[int, bytearray] = {fd: bytearray() for fd in outputs}
+        self._order = outputs
+        self._open = set(outputs)
         self._returncode: int | None = None
         self._watching = False
         self._pidfd: int | None = None
@@ -89,16 +96,30 @@ class Child:
             self._loop.add_reader(fd, self._on_readable, fd)
         if stdin is not None:
             self._loop.add_writer(stdin.fd, self._on_writable)
+        if not self._open:
+            self._reap_or_watch()  # no outputs to wait for: only the exit
 
     @classmethod
-    def start(cls, argv: Sequence[str], env: dict[str, str], stdin: bytes, *, limit: int) -> Child:
-        """Start ``argv``; raises OSError when it cannot be run (ENOENT, EACCES, ENOEXEC...)."""
+    def start(
+        cls,
+        argv: Sequence[str],
+        env: dict[str, str],
+        stdin: bytes,
+        *,
+        limit: int,
+        keep_output: bool = True,
+    ) -> Child:
+        """Start ``argv``; raises OSError when it cannot be run (ENOENT, EACCES, ENOEXEC...).
+
+        ``keep_output=False`` sends stdout and stderr to /dev/null: ``finished`` then
+        waits for the exit alone, not for what the command left running in the background.
+        """
         loop = asyncio.get_running_loop()  # before the spawn: never a child nobody watches
         opened: list[int] = []
         try:
             in_r, in_w = _pipe(opened)
-            out_r, out_w = _pipe(opened)
-            err_r, err_w = _pipe(opened)
+            out_r, out_w = _pipe(opened) if keep_output else (None, subprocess.DEVNULL)
+            err_r, err_w = _pipe(opened) if keep_output else (None, subprocess.DEVNULL)
             written = _write_now(in_w, stdin)
             if written == len(stdin):
                 _close(opened, in_w)  # the whole input is in the pipe: EOF follows it
@@ -116,10 +137,12 @@ class Child:
                 os.close(fd)
             raise
         for fd in (in_r, out_w, err_w):
-            _close(opened, fd)
+            if fd in opened:
+                _close(opened, fd)
         rest = memoryview(stdin)[written:]
         pending = _PendingInput(in_w, rest) if rest else None
-        return cls(loop, proc, pending, out_r, err_r, limit=limit)
+        outputs = tuple(fd for fd in (out_r, err_r) if fd is not None)
+        return cls(loop, proc, pending, outputs, limit=limit)
 
     @property
     def pid(self) -> int:
@@ -129,16 +152,22 @@ class Child:
         """Wait for the end of both outputs and for the exit; the child is reaped."""
         while self._returncode is None:
             await self._wait()
-        stdout, stderr = (bytes(self._out[fd]) for fd in self._order)
+        stdout, stderr = (bytes(self._out[fd]) for fd in self._order) if self._order else (b"", b"")
         return Finished(self._returncode, stdout, stderr)
 
-    async def kill(self) -> None:
-        """Unless reaped already: SIGKILL the child's process group, then wait for its reaping."""
+    async def kill(self, *, group: bool = True) -> None:
+        """Unless reaped already: SIGKILL the child's process group, then wait for its reaping.
+
+        ``group=False`` kills the child alone and leaves what it started running.
+        """
         if self._returncode is not None:
             return
         # Safe even after the child exited: unreaped, its pid still names its group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
+            if group:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            else:
+                os.kill(self._proc.pid, signal.SIGKILL)
         self._close_io()  # what it wrote no longer matters
         self._reap_or_watch()
         # If this wait is cancelled too, the exit watch still reaps and closes every fd.
