@@ -27,7 +27,7 @@ import errno
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,19 +139,6 @@ class AppendLog:
             self._flusher = asyncio.create_task(self._flush_loop())
             self._flusher.add_done_callback(self._flusher_done)
         return await waiter
-
-    def append_many_sync(self, records: Iterable[dict[str, Any]]) -> None:
-        """One-shot tools: append ``records`` with one write and one fsync, blocking."""
-        self._check_usable()
-        if self._flusher is not None:
-            raise RuntimeError("append_many_sync while async appends are in flight")
-        lines = [encode(r) for r in records]
-        data = b"".join(lines)
-        try:
-            self._write_durably(data)
-        except OSError as exc:
-            raise self._poison(exc, []) from exc
-        self._done(len(lines), data)
 
     async def aclose(self) -> None:
         """Let queued lines become durable (or fail), then close the file."""

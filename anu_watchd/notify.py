@@ -92,10 +92,6 @@ class Notifier:
         """``WATCHDOG=1``: one keep-alive ping."""
         return self.send(WATCHDOG=1)
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """``EXTEND_TIMEOUT_USEC``: ask for more time to start or stop (a long drain)."""
-        return self.send(EXTEND_TIMEOUT_USEC=int(seconds * 1_000_000))
-
     @property
     def _shown(self) -> str | None:
         return None if self.address is None else self.address.replace("\0", "@", 1)

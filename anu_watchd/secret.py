@@ -34,6 +34,7 @@ from typing import Any
 
 import attrs
 
+from anu_watchd import fsio
 from anu_watchd.errors import SecretError
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
@@ -59,14 +60,6 @@ class SealedKey:
     def bytes(self) -> bytes:
         """The key as UTF-8 bytes: the HMAC key and the ``KEY_LITERAL`` needle."""
         return self.value.encode("utf-8")
-
-    def changed_on_disk(self) -> bool:
-        """True when the file no longer holds this key (or cannot be read as one)."""
-        try:
-            # Lenient on group-read: this asks "same key?", not "is it safe?".
-            return _read_key(self.path, inside_credentials=True) != self.value
-        except SecretError:
-            return True
 
     def __repr__(self) -> str:
         return f"SealedKey(path={str(self.path)!r}, value={REDACTED})"
@@ -182,21 +175,13 @@ def generate_key_file(path: Path) -> SealedKey:
         with os.fdopen(fd, "wb") as fh:
             fh.write(value.encode() + b"\n")
             fh.flush()
-            os.fsync(fh.fileno())
+            fsio.fsync(fh.fileno())  # the one fsync seam (fsio)
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsio.fsync_dir(path.parent)
     return load_key(str(path))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- redaction --------------------------------------------------------------------

@@ -177,15 +177,6 @@ async def test_a_cancelled_caller_line_is_still_written_and_its_hook_runs(
     assert seen == [0]
 
 
-def test_append_many_sync_writes_all_records_in_one_flush(
-    log: AppendLog, log_path: Path, seam: FsyncSeam
-) -> None:
-    """The one-shot path writes every record with one write and one fsync."""
-    log.append_many_sync([{"i": i} for i in range(3)])
-    assert lines(log_path) == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert (log.counters, seam.calls) == (Counters(appends=3, flushes=1), 1)
-
-
 # -- failure contract --------------------------------------------------------------
 
 
@@ -217,8 +208,6 @@ async def test_a_poisoned_log_refuses_appends_without_writing_or_fsyncing(
     seam.failing = False
     with pytest.raises(DurabilityError):
         await log.append({"i": 1})
-    with pytest.raises(DurabilityError):
-        log.append_many_sync([{"i": 2}])
     assert (log_path.stat().st_size, seam.calls) == (size, calls)
     await log.aclose()
 

@@ -171,20 +171,6 @@ def test_repr_and_str_hide_the_value(tmp_path: Path, key_value: str) -> None:
         assert "k" in shown
 
 
-def test_changed_on_disk(tmp_path: Path, key_value: str) -> None:
-    """changed_on_disk tells whether the file still holds the loaded key."""
-    path = write_key(tmp_path / "k", key_value)
-    key = load_key(str(path), environ={})
-    assert not key.changed_on_disk()
-    write_key(path, secrets.token_hex(24))
-    assert key.changed_on_disk()
-    path.unlink()
-    assert key.changed_on_disk()
-
-
-# -- generating ---------------------------------------------------------------------
-
-
 def test_generate_creates_private_random_key(tmp_path: Path) -> None:
     """generate_key_file writes a fresh random key with mode 0600 and no temp file left."""
     key = generate_key_file(tmp_path / "anu-key")
