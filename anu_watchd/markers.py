@@ -1,19 +1,30 @@
-"""What the done/failed markers beside a result say (their paths: ``spool.TaskFiles``).
+"""The projections beside a result: what its done/failed markers and stored envelope say.
 
 Markers and envelope files are durable *projections* of the ledger: the
 ledger decides, these let a reader (or a scan) see the decision without it.
-``marker_doc`` is pure; reading and writing go through fsio.
+``marker_doc`` is pure; reading and writing go through fsio. ``settled`` is
+the scan's cheap check; ``repair_marker`` and ``repair_envelope`` rebuild a
+missing, stale or foreign projection from the ledger entry. Their paths are
+``spool.TaskFiles``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from anu_watchd import fsio
+import structlog
+
+from anu_watchd import envelope, fsio
+from anu_watchd.errors import EnvelopeError
+from anu_watchd.fsio import durable
 from anu_watchd.model import LedgerEntry, LedgerState, Verdict
-from anu_watchd.spool import FileStamp
+from anu_watchd.spool import FileStamp, TaskFiles
+
+_log = structlog.get_logger("anu_watchd.pipeline")  # the repairs are steps of a pipeline run
 
 # A marker is a few hundred bytes; anything longer is not one of ours.
 _MARKER_MAX_BYTES = 64 << 10
@@ -67,3 +78,77 @@ def stamp_matches(doc: dict[str, Any] | None, stamp: FileStamp) -> bool:
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Atomic and durable; the caller decides what a failure means."""
     fsio.atomic_write(path, encode_json(doc))
+
+
+# -- the settled check and the repairs: a projection rebuilt from the ledger ------------------
+
+
+def settled(files: TaskFiles) -> bool:
+    """True when a done/failed marker records exactly the current result file."""
+    try:
+        st = files.result.lstat()
+    except OSError:
+        return False
+    stamp = FileStamp.of(st)
+    return any(stamp_matches(read_json(p), stamp) for p in (files.done, files.failed))
+
+
+def encoded(log: Any, env: dict[str, Any]) -> bytes | None:
+    """The envelope's bytes, or None (logged) when it fails the validator."""
+    try:
+        return envelope.encode(env)
+    except EnvelopeError as exc:
+        # Never write an envelope that fails the validator; the marker already settles it.
+        log.error("envelope_invalid", error=str(exc))
+        return None
+
+
+async def store_envelope(files: TaskFiles, body: bytes | None) -> None:
+    if body is not None:
+        await durable(fsio.atomic_write, files.envelope, body)
+
+
+async def repair_marker(files: TaskFiles, entry: LedgerEntry, stamp: FileStamp) -> str | None:
+    """Rewrite a missing, unreadable or stale marker from the ledger; return its error."""
+    path = files.marker_for(entry.state)
+    doc = await asyncio.to_thread(read_json, path)
+    # Only a marker of this very wake lends its fields, and only well-typed ones: the file
+    # may be another wake's, or planted ({"attempts": {}} must not stop the daemon).
+    own = doc if doc is not None and doc.get("idempotency_key") == entry.key else {}
+    error = own.get("error") if isinstance(own.get("error"), str) else None
+    if own and stamp_matches(own, stamp):
+        return error
+    attempts = own.get("attempts")
+    if type(attempts) is not int or attempts < 1:
+        attempts = entry.attempt
+    fresh = marker_doc(entry, attempts=attempts, ts=entry.ts, error=error, stamp=stamp)
+    await durable(write_json, path, fresh)
+    _log.info("marker_repaired", task_id=files.task_id, marker=path.name)
+    return error
+
+
+async def repair_envelope(
+    files: TaskFiles,
+    entry: LedgerEntry,
+    built: Callable[[], dict[str, Any]],
+    error: str | None,
+    log: Any,
+) -> None:
+    """Rebuild a missing or foreign envelope file from the ledger (it is a projection).
+
+    ``built`` makes the envelope as first built for this result. The receipt axis
+    comes back as RECEIVED if an ack is present, else UNCONFIRMED: a TIMED_OUT lost
+    with the file is re-decided by the next receipt sweep.
+    """
+    doc = await asyncio.to_thread(read_json, files.envelope)
+    if doc is not None and doc.get("idempotency_key") == entry.key:
+        return
+    env = built()
+    if entry.state is LedgerState.DONE and entry.schedule_id:
+        env = envelope.registered(env, schedule_id=entry.schedule_id, registered_at=entry.ts)
+        if await asyncio.to_thread(files.acked.exists):
+            env = envelope.received(env)
+    else:
+        env = envelope.register_failed(env, error=error or "wake failed")
+    await store_envelope(files, encoded(log, env))
+    log.info("envelope_repaired")

@@ -14,7 +14,7 @@ and stops the daemon (SPEC section 7).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import os
 import stat
@@ -188,7 +188,9 @@ class Pipeline:
         prior = st.ledger.get(four.idempotency_key)
         decision = decide.decide(prior, activated=st.config.wake.activated)
         if isinstance(decision, Skip):
-            await self._repair(run, files, decision.prior, result, stamp)
+            error = await markers.repair_marker(files, decision.prior, stamp)
+            make_env = functools.partial(self._envelope, run, files, result)
+            await markers.repair_envelope(files, decision.prior, make_env, error, run.log)
             schedule_id = decision.prior.schedule_id
             return await self._finish(
                 run, Verdict.PICKUP_SKIP, reason=decision.reason, schedule_id=schedule_id
@@ -306,7 +308,7 @@ class Pipeline:
         now, schedule_id = done.ts, done.schedule_id or ""
         doc = markers.marker_doc(done, attempts=attempts, ts=now, stamp=stamp)
         final = envelope.registered(env, schedule_id=schedule_id, registered_at=now)
-        body = _encoded(run, final)
+        body = markers.encoded(run.log, final)
         writes = [(files.done, markers.encode_json(doc))]
         if body is not None:
             writes.append((files.envelope, body))
@@ -330,7 +332,8 @@ class Pipeline:
     ) -> Outcome:
         doc = markers.marker_doc(failed, attempts=attempts, ts=failed.ts, error=error, stamp=stamp)
         await durable(markers.write_json, files.failed, doc)
-        await self._store_envelope(files, _encoded(run, envelope.register_failed(env, error=error)))
+        failed_env = envelope.register_failed(env, error=error)
+        await markers.store_envelope(files, markers.encoded(run.log, failed_env))
         run.log.critical("wake_failed", error=error, attempt=attempts)
         wake = run.st.config.wake
         report = decide.escalation(
@@ -392,10 +395,6 @@ class Pipeline:
             delivery_method=run.st.sink.delivery_method,
         )
 
-    async def _store_envelope(self, files: TaskFiles, body: bytes | None) -> None:
-        if body is not None:
-            await durable(fsio.atomic_write, files.envelope, body)
-
     async def _push_update(self, run: _Run, env: dict[str, Any], body: bytes) -> None:
         sink = run.st.sink
         if not sink.supports_update:
@@ -405,54 +404,6 @@ class Pipeline:
                 await sink.update(body, idempotency_key=str(env.get("idempotency_key")))
             except Exception as exc:  # an update is best effort; the wake is registered
                 run.log.warning("envelope_update_failed", error=str(exc))
-
-    async def _repair(
-        self, run: _Run, files: TaskFiles, prior: LedgerEntry, result: Result, stamp: FileStamp
-    ) -> None:
-        """A settled wake seen again: rebuild whichever projection is missing or stale."""
-        error = await self._repair_marker(files, prior, stamp)
-        await self._repair_envelope(run, files, prior, result, error)
-
-    async def _repair_marker(
-        self, files: TaskFiles, entry: LedgerEntry, stamp: FileStamp
-    ) -> str | None:
-        """Rewrite a missing, unreadable or stale marker from the ledger; return its error."""
-        path = files.marker_for(entry.state)
-        doc = await asyncio.to_thread(markers.read_json, path)
-        # Only a marker of this very wake lends its fields, and only well-typed ones: the file
-        # may be another wake's, or planted ({"attempts": {}} must not stop the daemon).
-        own = doc if doc is not None and doc.get("idempotency_key") == entry.key else {}
-        error = own.get("error") if isinstance(own.get("error"), str) else None
-        if own and markers.stamp_matches(own, stamp):
-            return error
-        attempts = own.get("attempts")
-        if type(attempts) is not int or attempts < 1:
-            attempts = entry.attempt
-        fresh = markers.marker_doc(entry, attempts=attempts, ts=entry.ts, error=error, stamp=stamp)
-        await durable(markers.write_json, path, fresh)
-        _log.info("marker_repaired", task_id=files.task_id, marker=path.name)
-        return error
-
-    async def _repair_envelope(
-        self, run: _Run, files: TaskFiles, entry: LedgerEntry, result: Result, error: str | None
-    ) -> None:
-        """Rebuild a missing or foreign envelope file from the ledger (it is a projection).
-
-        The receipt axis comes back as RECEIVED if an ack is present, else UNCONFIRMED:
-        a TIMED_OUT lost with the file is re-decided by the next receipt sweep.
-        """
-        doc = await asyncio.to_thread(markers.read_json, files.envelope)
-        if doc is not None and doc.get("idempotency_key") == entry.key:
-            return
-        env = self._envelope(run, files, result)
-        if entry.state is LedgerState.DONE and entry.schedule_id:
-            env = envelope.registered(env, schedule_id=entry.schedule_id, registered_at=entry.ts)
-            if await asyncio.to_thread(files.acked.exists):
-                env = envelope.received(env)
-        else:
-            env = envelope.register_failed(env, error=error or "wake failed")
-        await self._store_envelope(files, _encoded(run, env))
-        run.log.info("envelope_repaired")
 
 
 def _entry(four: FourTuple, state: LedgerState, attempt: int, ts: str) -> LedgerEntry:
@@ -468,32 +419,11 @@ def _entry(four: FourTuple, state: LedgerState, attempt: int, ts: str) -> Ledger
     )
 
 
-def _settled(files: TaskFiles) -> bool:
-    """True when a done/failed marker records exactly the current result file."""
-    try:
-        st = files.result.lstat()
-    except OSError:
-        return False
-    stamp = FileStamp.of(st)
-    return any(
-        markers.stamp_matches(markers.read_json(p), stamp) for p in (files.done, files.failed)
-    )
-
-
-def _encoded(run: _Run, env: dict[str, Any]) -> bytes | None:
-    try:
-        return envelope.encode(env)
-    except EnvelopeError as exc:
-        # Never write an envelope that fails the validator; the marker already settles it.
-        run.log.error("envelope_invalid", error=str(exc))
-        return None
-
-
 def _read_unless_settled(
     path: Path, files: TaskFiles, max_bytes: int, scan: bool
 ) -> fsio.InputFile | None:
     """A scan's settled check (an lstat and up to two small marker reads), then the read."""
-    if scan and _settled(files):
+    if scan and markers.settled(files):
         return None
     return fsio.read_input(path, max_bytes)
 
