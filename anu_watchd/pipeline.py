@@ -61,21 +61,31 @@ KEY_IN_NAME = "key-literal-in-name"
 class _Run:
     """One run: the stages it started with (a reload never changes them mid-run), id, clock.
 
-    ``facts`` grows as the run learns them (the hash, the key); the one shared
-    ending, ``Pipeline._finish``, turns them into the run's ``Outcome``.
+    What the run learns (the hash, the key) is bound to its log as it goes; the one
+    shared ending, ``Pipeline._finish``, turns its ``facts`` into the run's ``Outcome``.
     """
 
     def __init__(self, st: Stages, path: Path, task_id: str | None) -> None:
         self.st = st
         self.run_id = uuid.uuid4().hex[:16]
         self.t0 = time.perf_counter()
-        self.facts = RunFacts(run_id=self.run_id, path=str(path), task_id=task_id)
-        self.log = _log.bind(run_id=self.run_id, path=str(path), task_id=task_id)
+        self.path = str(path)
+        self.task_id = task_id
+        self.sha256: str | None = None
+        self.key: str | None = None
+        self.log = _log.bind(run_id=self.run_id, path=self.path, task_id=task_id)
 
-    def learnt(self, **facts: Any) -> None:
-        """Record facts of the input (``sha256``, ``idempotency_key``) and bind them to the log."""
-        self.facts = attrs.evolve(self.facts, **facts)
-        self.log = self.log.bind(**facts)
+    def hashed(self, sha256: str) -> None:
+        self.sha256 = sha256
+        self.log = self.log.bind(sha256=sha256)
+
+    def keyed(self, key: str) -> None:
+        self.key = key
+        self.log = self.log.bind(idempotency_key=key)
+
+    @property
+    def facts(self) -> RunFacts:
+        return RunFacts(self.run_id, self.path, self.task_id, self.sha256, self.key)
 
     def now(self) -> str:
         return iso(self.st.clock())
@@ -140,7 +150,7 @@ class Pipeline:
             return await self._quarantine(run, path, rej)
         if inp is None:
             return None
-        run.learnt(sha256=hashlib.sha256(inp.data).hexdigest())
+        run.hashed(hashlib.sha256(inp.data).hexdigest())
         checked = validate(inp.data, task_id=task_id, rules=st.rules)
         if isinstance(checked, Rejected):
             return await self._quarantine(run, path, checked)
@@ -181,9 +191,9 @@ class Pipeline:
         self, run: _Run, files: TaskFiles, result: Result, stamp: FileStamp
     ) -> Outcome:
         st = run.st
-        sha = run.facts.sha256 or ""
+        sha = run.sha256 or ""
         four = FourTuple(result.task_id, sha, st.config.spool.collector)
-        run.learnt(idempotency_key=four.idempotency_key)
+        run.keyed(four.idempotency_key)
         await self._clear_way(run, files)
         prior = st.ledger.get(four.idempotency_key)
         decision = decide.decide(prior, activated=st.config.wake.activated)
@@ -390,8 +400,8 @@ class Pipeline:
         return envelope.build(
             result,
             result_path=str(files.result),
-            sha256=run.facts.sha256 or "",
-            idempotency_key=run.facts.idempotency_key or "",
+            sha256=run.sha256 or "",
+            idempotency_key=run.key or "",
             delivery_method=run.st.sink.delivery_method,
         )
 
