@@ -35,12 +35,13 @@ from pathlib import Path
 import attrs
 import pytest
 
-from anu_watchd import reconcile, spool
+from anu_watchd import reconcile
 from anu_watchd.config import load_config
 from anu_watchd.model import FourTuple, LedgerEntry, LedgerState
 from anu_watchd.producer import encode_result, write_result
 from anu_watchd.runtime import open_pipeline
 from anu_watchd.secret import load_key
+from anu_watchd.spool import TaskFiles, list_results
 from tests.daemonproc import DaemonProc, wait_for
 from tests.spool import Spool, valid_doc
 
@@ -197,7 +198,7 @@ def assert_woken_exactly_once(
     seen = set(woken)
     problems = []
     for p in produced.values():
-        files = spool.TaskFiles(events_dir, p.task_id)
+        files = TaskFiles(events_dir, p.task_id)
         marker = json.loads(files.done.read_text()) if files.done.exists() else None
         if done[p.task_id] != 1:
             problems.append(f"{p.task_id}: {done[p.task_id]} DONE lines")
@@ -256,7 +257,7 @@ async def life(spool: Spool, sink: RecordingSink, *, recover: bool) -> None:
             await reconcile.recover(pipeline)
             await reconcile.reconcile(pipeline)
             return
-        for name in spool.list_results(spool.events, "task-*.result.json"):
+        for name in list_results(spool.events, "task-*.result.json"):
             await pipeline.pickup(spool.events / name)
 
 
