@@ -39,7 +39,8 @@ def result_document(
         "status": status,
         "executor": executor,
         "collector": collector,
-        "finished_at": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        # isoformat, not strftime: %Y does not pad a year before 1000 to four digits.
+        "finished_at": when.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z",
         "summary": summary,
     }
     if report_path is not None:
