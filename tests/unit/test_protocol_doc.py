@@ -8,9 +8,13 @@ the page says.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
+import secrets
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -58,6 +62,25 @@ def test_envelope_examples_are_judged_as_the_page_says(label: str, body: str) ->
     validator = jsonschema.Draft202012Validator(schemas.load("envelope"))
     assert (envelope.check(env) == []) == (label == "VALID")
     assert validator.is_valid(env) == (label == "VALID")
+
+
+def test_the_signature_sample_verifies_what_the_http_sink_signs(tmp_path: Path) -> None:
+    """The page's Python sample accepts the sink's signature and refuses any other."""
+    from anu_watchd.sinks.http import signature
+
+    sample = re.search(r"```python\n(.*?)```", DOC, re.DOTALL)
+    assert sample is not None
+    namespace: dict[str, Any] = {}
+    exec(sample.group(1), namespace)  # noqa: S102 (our own documentation)
+    key = secrets.token_hex(24)
+    key_file = tmp_path / "key"
+    key_file.write_text(f"  {key}\n")
+    body = b'{"schema":"anu.callback-envelope/v1"}'
+    header = signature(key.encode(), body)
+    assert namespace["verified"](str(key_file), body, header)
+    assert not namespace["verified"](str(key_file), body + b" ", header)
+    assert not namespace["verified"](str(key_file), body, None)
+    assert header == "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
 
 
 def test_every_cited_file_exists() -> None:
