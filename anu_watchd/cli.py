@@ -192,6 +192,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return answer.code
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from anu_watchd import schemas
+
+    sys.stdout.write(schemas.text(args.name))
+    return ExitCode.OK
+
+
 # -- parser -------------------------------------------------------------------
 
 
@@ -238,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("reload", cmd_reload, "reload the running daemon's config and wait for its answer")
     sp.add_argument("--pid", type=int, help="the daemon's pid (default: from the lock file)")
     sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    sp = add("schema", cmd_schema, "print the JSON Schema of a result file or an envelope")
+    sp.add_argument("name", choices=("result", "envelope"))
     return p
 
 
