@@ -117,6 +117,10 @@ class _Run:
         self.run_id = uuid.uuid4().hex[:16]
         self.t0 = time.perf_counter()
         self.log = _log.bind(run_id=self.run_id, path=str(path), task_id=task_id)
+        # A fleet host names itself in its logs and evidence (docs/operations.md, "Fleet").
+        self.host_id = st.config.wake.nats.host_id if st.sink.delivery_method == "nats" else None
+        if self.host_id is not None:
+            self.log = self.log.bind(host_id=self.host_id)
 
     @property
     def duration_ms(self) -> float:
@@ -552,6 +556,7 @@ class Pipeline:
             duration_ms=run.duration_ms,
             error=error,
             idempotency_key=key,
+            host_id=run.host_id,
         )
 
     async def _finish(self, run: _Run, out: Outcome) -> Outcome:
