@@ -89,9 +89,8 @@ class NatsServer:
             lines.append(f'authorization {{ token: "{token}" }}')
         if cluster_port is not None:
             route_urls = ", ".join(f'"nats://127.0.0.1:{p}"' for p in routes)
-            lines.append(
-                f'cluster {{ name: "anu", listen: 127.0.0.1:{cluster_port}, routes: [{route_urls}] }}'
-            )
+            listen = f"127.0.0.1:{cluster_port}"
+            lines.append(f'cluster {{ name: "anu", listen: {listen}, routes: [{route_urls}] }}')
         fd = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write("\n".join([*lines, extra]) + "\n")
@@ -118,7 +117,8 @@ class NatsServer:
         while not _accepts(self.port):
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server {self.name} exited: {self.log.read_text()[-2000:]}")
+                tail = self.log.read_text()[-2000:]
+                raise RuntimeError(f"nats-server {self.name} exited: {tail}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nats-server {self.name} did not listen in time")
             time.sleep(0.02)

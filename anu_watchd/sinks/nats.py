@@ -97,6 +97,7 @@ class NatsSink:
         self._connecting = asyncio.Lock()
         self._pause_s = 0.0
         self._not_before = 0.0
+        self._connect_error: WakeError | None = None
         self._denied: set[str] = set()
         self._errors_logged = 0
         self._log = _log.bind(host_id=cfg.host_id)
@@ -225,13 +226,15 @@ class NatsSink:
         return self._js
 
     async def _open(self) -> None:
-        if time.monotonic() < self._not_before:
-            raise TransientWakeError("NATS not connected (waiting before the next connect)")
+        if time.monotonic() < self._not_before and self._connect_error is not None:
+            # Inside the pause after a failed connect: that failure again, typed as it was.
+            raise type(self._connect_error)(f"{self._connect_error} (connect paused)")
         try:
             nc = await self._connect()
-        except Exception:
+        except Exception as exc:
             self._pause_s = min(MAX_CONNECT_PAUSE_S, max(FIRST_CONNECT_PAUSE_S, self._pause_s * 2))
             self._not_before = time.monotonic() + self._pause_s
+            self._connect_error = classify(exc, self._describe(exc))
             raise
         self._pause_s = 0.0
         self._nc, self._js = nc, nc.jetstream(timeout=self._timeout_s)
