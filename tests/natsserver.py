@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+
+from tests.sinkhelpers import write_recording_sink
+from tests.spool import Spool
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -181,6 +185,34 @@ class NatsCluster:
     ) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def nats_wake(
+    spool: Spool,
+    urls: list[str],
+    *,
+    subject: str = "anu.wake.{host}",
+    attempts: int = 3,
+    timeout_s: float = 5.0,
+    creds_file: Path | None = None,
+    host_id: str = "h1",
+    concurrency: int = 4,
+    escalate: bool = True,
+) -> Path:
+    """Configure the nats sink with a recording escalation command; return its directory."""
+    directory = spool.root / "escalate"
+    argv = write_recording_sink(directory, behaviour="ok") if escalate else []
+    spool.write_config(
+        sink="nats",
+        wake_extra=(
+            f"attempts = {attempts}\ntimeout_s = {timeout_s}\nconcurrency = {concurrency}\n"
+            f"escalate_argv = {json.dumps(argv)}\n"
+            f"[wake.nats]\nservers = {json.dumps(urls)}\nsubject = {json.dumps(subject)}\n"
+            f'host_id = "{host_id}"\n'
+            + (f"creds_file = {json.dumps(str(creds_file))}\n" if creds_file else "")
+        ),
+    )
+    return directory
 
 
 # -- the client side of tests: streams and reading them back -----------------------------

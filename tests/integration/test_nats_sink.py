@@ -31,43 +31,12 @@ from anu_watchd.secret import SealedKey
 from anu_watchd.sinks.nats import NatsSink
 from anu_watchd.sinks.natsauth import CredsKind, NatsAuth
 from tests.daemonproc import wait_for
-from tests.integration.test_wake import (
-    assert_all_envelopes_valid,
-    log_events,
-    toml_list,
-    verdicts,
-)
-from tests.natsserver import NatsServer, add_stream, read_stream
+from tests.integration.test_wake import assert_all_envelopes_valid, log_events, verdicts
+from tests.natsserver import NatsServer, add_stream, nats_wake, read_stream
 from tests.sinkhelpers import read_sink_calls
-from tests.sinkhelpers import write_recording_sink as write_sink
 from tests.spool import REPO, Spool
 
 PER_KEY = "anu.wake.{host}.{key}"
-
-
-def nats_wake(
-    spool: Spool,
-    urls: list[str],
-    *,
-    subject: str = "anu.wake.{host}",
-    attempts: int = 3,
-    timeout_s: float = 5.0,
-    creds_file: Path | None = None,
-    host_id: str = "h1",
-) -> Path:
-    """Configure the nats sink with a recording escalation command; return its directory."""
-    escalate = spool.root / "escalate"
-    spool.write_config(
-        sink="nats",
-        wake_extra=(
-            f"attempts = {attempts}\ntimeout_s = {timeout_s}\n"
-            f"escalate_argv = {toml_list(write_sink(escalate, behaviour='ok'))}\n"
-            f"[wake.nats]\nservers = {json.dumps(urls)}\nsubject = {json.dumps(subject)}\n"
-            f'host_id = "{host_id}"\n'
-            + (f"creds_file = {json.dumps(str(creds_file))}\n" if creds_file else "")
-        ),
-    )
-    return escalate
 
 
 def private_file(path: Path, text: str) -> Path:
