@@ -57,6 +57,7 @@ from anu_watchd.sinks.natsstream import (
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
+    from nats.js.api import PubAck
     from nats.js.manager import JetStreamManager
 
     from anu_watchd.config import NatsConfig
@@ -67,6 +68,7 @@ _log = structlog.get_logger("anu_watchd.sinks.nats")
 
 ERR_MAX_MSGS_PER_SUBJECT = 10077  # a per-key stream already holds this subject's message
 ERR_MSG_ID_IN_PROCESS = 10158  # the same Nats-Msg-Id is being stored right now
+NO_RESPONDERS_PAUSE_S = 0.25  # between publishes while a stream has no leader
 RECONNECT_WAIT_S = 0.5  # the client's pause before it tries a server again
 FIRST_CONNECT_PAUSE_S = 0.1
 MAX_CONNECT_PAUSE_S = 5.0
@@ -143,10 +145,7 @@ class NatsSink:
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str], key: str) -> str:
         try:
             async with asyncio.timeout(self._timeout_s):
-                js = await self._connected()
-                ack = await js.publish(
-                    subject, body, headers=headers, stream=self._cfg.stream or None
-                )
+                ack = await self._send(await self._connected(), subject, body, headers)
         except WakeError:
             raise
         except Exception as exc:
@@ -158,6 +157,31 @@ class NatsSink:
             )
         return schedule_id
 
+    async def _send(
+        self, js: JetStreamContext, subject: str, body: bytes, headers: dict[str, str]
+    ) -> PubAck:
+        """Publish; while the stream exists but nobody answers, pause and publish again.
+
+        "No responders" comes back at once while a stream elects a leader or its server
+        restarts; within one attempt (``wake.timeout_s``) that is a pause, not a failure.
+        A subject that no stream captures is permanent at the first answer.
+        """
+        from nats.js.errors import NoStreamResponseError
+
+        checked = False
+        while True:
+            try:
+                return await js.publish(
+                    subject, body, headers=dict(headers), stream=self._cfg.stream or None
+                )
+            except NoStreamResponseError:
+                if not checked:
+                    error = await self._no_responders(subject)
+                    if isinstance(error, PermanentWakeError):
+                        raise error from None
+                    checked = True
+                await asyncio.sleep(NO_RESPONDERS_PAUSE_S)
+
     async def _answer(self, exc: Exception, subject: str, key: str) -> str:
         """Map a failed publish to a schedule id (already held) or a typed error."""
         from nats.js.errors import APIError, NoStreamResponseError
@@ -168,7 +192,7 @@ class NatsSink:
                 "wake_duplicate_suppressed", idempotency_key=key, schedule_id=schedule_id
             )
             return schedule_id
-        if isinstance(exc, NoStreamResponseError):
+        if isinstance(exc, NoStreamResponseError):  # from the lookup's own request, say
             raise await self._no_responders(subject)
         if isinstance(exc, TimeoutError) and subject in self._denied:
             raise PermanentWakeError(f"NATS permissions violation for publish to {subject}")

@@ -38,7 +38,7 @@ class Host:
         self.host_id = host_id
         self.spool = Spool(root / host_id)
         nats_wake(
-            self.spool, urls, host_id=host_id, attempts=40, timeout_s=2.0, escalate=False
+            self.spool, urls, host_id=host_id, attempts=20, timeout_s=2.0, escalate=False
         )
         self.produced: dict[str, Produced] = {}
         self.daemon: DaemonProc | None = None
