@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/anu-watchd --config var/anu-watchd.toml run
 
 lint: $(STAMP)
-	$(BIN)/ruff check anu_watchd tests scripts bench
+	$(BIN)/ruff check anu_watchd tests scripts bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict anu_watchd
