@@ -2,6 +2,8 @@
 
     AnuDaemon("log")   python -m anu_watchd run, log sink, activated, fully durable
     AnuDaemon("exec")  the same with the exec sink running the handler per wake
+    AnuDaemon("nats")  the same with the nats sink, publishing to a local nats-server
+                       (bench/natsbroker.py); its wake time is the stored message's
     Script(...)        a baseline from bench/baselines/, running the handler per file
 
 The handler is bench/handler.c, compiled on first use (bench/handler.sh, the
@@ -203,6 +205,11 @@ class AnuDaemon:
 
     def start(self, root: Path) -> None:
         self.root = root
+        if self.sink == "nats":
+            from bench.natsbroker import Broker
+
+            self.broker = Broker(root / "broker")
+            self.broker.start()
         self.events_dir = root / "memory" / "events"
         self.events_dir.mkdir(parents=True)
         (root / "memory" / "state").mkdir()
@@ -242,10 +249,16 @@ class AnuDaemon:
             f'[wake]\nactivated = true\nsink = "{self.sink}"\n'
             + (f"concurrency = {self.concurrency}\n" if self.concurrency else "")
             + f"[wake.exec]\nargv = {exec_argv}\n"
-            f'[key]\nfile = "{key_file}"\n'
+            + self._nats_section()
+            + f'[key]\nfile = "{key_file}"\n'
             '[log]\nlevel = "info"\n'
         )
         return config
+
+    def _nats_section(self) -> str:
+        if self.sink != "nats":
+            return ""
+        return f'[wake.nats]\nservers = {json.dumps(self.broker.urls)}\nhost_id = "bench"\n'
 
     def progress(self) -> int:
         return self._progress.poll()
@@ -253,6 +266,11 @@ class AnuDaemon:
     def stop(self) -> Stopped:
         peak = proc_kib(self.proc.pid, "VmHWM")
         stop_process(self.proc, group=False, timeout=60)
+        if self.sink == "nats":
+            held = self.broker.wakes()
+            self.broker.stop()
+            self.stream_duplicates = held.duplicates
+            return Stopped(wakes=held.wakes, peak_rss_kib=peak)
         wakes = self._exec_wakes() if self.sink == "exec" else self._logged_wakes()
         return Stopped(wakes=wakes, peak_rss_kib=peak)
 
