@@ -42,7 +42,7 @@ from anu_watchd.reload import reload_status_path
 from anu_watchd.retry import consume_retry
 from anu_watchd.runtime import ensure_dirs, open_pipeline, rules_for
 from anu_watchd.secret import load_key
-from anu_watchd.sinks import build_sink
+from anu_watchd.sinks import Sink, build_sink
 
 _log = structlog.get_logger("anu_watchd.daemon")
 
@@ -342,13 +342,16 @@ class Daemon:
         try:
             new = load_config(self.config_path)
             self._check_reloadable(new)
+            # Built here, so that a sink that cannot be built (unreadable NATS credentials)
+            # refuses the reload and keeps the running one.
+            fresh = build_sink(new, self.key) if new.wake != self.config.wake else None
         except ConfigError as exc:
             _log.error("config_reload_refused", error=str(exc))
             await self._record_reload("refused", str(exc))
             self.notifier.ready(status=self._status_text())
             return
         self._note_key_change()
-        await self._apply(new)
+        await self._apply(new, fresh)
         await self._record_reload("applied", None)
         self.notifier.ready(status=self._status_text())
 
@@ -371,12 +374,10 @@ class Daemon:
                 "key_file_changed", note="the key is read at start only; restart to use it"
             )
 
-    async def _apply(self, new: Config) -> None:
+    async def _apply(self, new: Config, fresh: Sink | None) -> None:
         old = self.config
         stages = self.pipeline.stages
-        sink = stages.sink
-        if new.wake != old.wake:
-            sink = build_sink(new, self.key)
+        sink = stages.sink if fresh is None else fresh
         self.pipeline.stages = attrs.evolve(
             stages, config=new, sink=sink, rules=rules_for(new, self.key)
         )

@@ -129,9 +129,11 @@ class NatsSink:
                 await self._check
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None and not nc.is_closed:
+            # close, not drain: every publish of ours is awaited to its answer, so nothing
+            # is left to flush, and drain waits on the request inbox's subscription.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._timeout_s):
-                    await nc.drain()
+                    await nc.close()
 
     # -- publishing -------------------------------------------------------------
 

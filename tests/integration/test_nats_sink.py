@@ -326,3 +326,35 @@ async def test_connect_refusals_and_timeouts_map_to_typed_errors(tmp_path: Path)
             await sink.register(b"{}", idempotency_key="ik1-a")
         await sink.aclose()
     assert wrong.value not in str(caught.value) and token not in str(caught.value)
+
+
+async def test_a_reload_with_unreadable_credentials_is_refused_and_the_old_sink_kept(
+    tmp_path: Path, spool: Spool
+) -> None:
+    """The running daemon keeps publishing with its credentials when a reload names a creds
+    file it cannot read (exit 78, config_reload_refused); a readable one is applied."""
+    from tests.daemonproc import DaemonProc
+
+    token = secrets.token_hex(24)
+    with NatsServer(tmp_path / "nats", token=token) as server:
+        await add_stream([server.url], per_key=False, token=token)
+        creds = private_file(tmp_path / "nats.creds", token)
+        nats_wake(spool, [server.url], creds_file=creds)
+        d = DaemonProc(spool)
+        try:
+            d.wait_notify("READY=1")
+            nats_wake(spool, [server.url], creds_file=tmp_path / "absent.creds")
+            refused = spool.cli("reload")
+            assert refused.returncode == 78, refused.stderr
+            assert "wake.nats.creds_file" in d.wait_event("config_reload_refused")["error"]
+            spool.drop("task-1")
+            wait_for(lambda: spool.marker("task-1"), 30, "a wake with the running sink")
+            nats_wake(spool, [server.url], creds_file=creds, host_id="h2")
+            assert spool.cli("reload").returncode == 0
+            spool.drop("task-2")
+            wait_for(lambda: spool.marker("task-2"), 30, "a wake with the rebuilt sink")
+        finally:
+            assert d.stop() == 0
+        subjects = [s for s, h, _b in await read_stream([server.url], token=token)]
+    assert subjects.count("anu.wake.h1") == 1 and subjects.count("anu.wake.h2") == 1
+    assert token not in d.log_text()
