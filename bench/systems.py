@@ -28,6 +28,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -196,16 +197,27 @@ def stop_process(proc: subprocess.Popen[bytes], *, group: bool, timeout: float) 
 class AnuDaemon:
     """The real daemon as a subprocess; its JSON log (stdout) goes to a file, as to journald."""
 
-    def __init__(self, sink: str, *, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        sink: str,
+        *,
+        concurrency: int | None = None,
+        broker: Any = None,
+        host_id: str = "bench",
+    ) -> None:
         self.sink = sink
         self.concurrency = concurrency
+        # The nats sink's broker: its own single node unless one is shared (bench/fleet.py).
+        self.broker = broker
+        self._own_broker = broker is None
+        self.host_id = host_id
         tuned = f", concurrency {concurrency}" if concurrency else ""
         self.name = f"anu-watchd ({sink} sink{tuned})"
         self.key = f"anu-{sink}" + (f"-c{concurrency}" if concurrency else "")
 
     def start(self, root: Path) -> None:
         self.root = root
-        if self.sink == "nats":
+        if self.sink == "nats" and self._own_broker:
             from bench.natsbroker import Broker
 
             self.broker = Broker(root / "broker")
@@ -258,7 +270,8 @@ class AnuDaemon:
     def _nats_section(self) -> str:
         if self.sink != "nats":
             return ""
-        return f'[wake.nats]\nservers = {json.dumps(self.broker.urls)}\nhost_id = "bench"\n'
+        urls = json.dumps(self.broker.urls)
+        return f'[wake.nats]\nservers = {urls}\nhost_id = "{self.host_id}"\n'
 
     def progress(self) -> int:
         return self._progress.poll()
@@ -266,11 +279,13 @@ class AnuDaemon:
     def stop(self) -> Stopped:
         peak = proc_kib(self.proc.pid, "VmHWM")
         stop_process(self.proc, group=False, timeout=60)
-        if self.sink == "nats":
+        if self.sink == "nats" and self._own_broker:
             held = self.broker.wakes()
             self.broker.stop()
             self.stream_duplicates = held.duplicates
             return Stopped(wakes=held.wakes, peak_rss_kib=peak)
+        if self.sink == "nats":  # a shared broker: the fleet reads the stream once, at the end
+            return Stopped(wakes=[], peak_rss_kib=peak)
         wakes = self._exec_wakes() if self.sink == "exec" else self._logged_wakes()
         return Stopped(wakes=wakes, peak_rss_kib=peak)
 
