@@ -151,13 +151,18 @@ class NatsSink:
         except WakeError:
             raise
         except Exception as exc:
-            return await self._answer(exc, subject, key)
+            return await self._answer(exc, subject, headers, key)
         schedule_id = f"{ack.stream}:{ack.seq}"
         if ack.duplicate:
+            self._suppressed(headers, key, schedule_id)
+        return schedule_id
+
+    def _suppressed(self, headers: dict[str, str], key: str, schedule_id: str) -> None:
+        """The broker already held this message: say so for a wake (a final is quiet)."""
+        if headers["Anu-Envelope"] == "initial":
             self._log.info(
                 "wake_duplicate_suppressed", idempotency_key=key, schedule_id=schedule_id
             )
-        return schedule_id
 
     async def _send(
         self, js: JetStreamContext, subject: str, body: bytes, headers: dict[str, str]
@@ -184,15 +189,15 @@ class NatsSink:
                     checked = True
                 await asyncio.sleep(NO_RESPONDERS_PAUSE_S)
 
-    async def _answer(self, exc: Exception, subject: str, key: str) -> str:
+    async def _answer(
+        self, exc: Exception, subject: str, headers: dict[str, str], key: str
+    ) -> str:
         """Map a failed publish to a schedule id (already held) or a typed error."""
         from nats.js.errors import APIError, NoStreamResponseError
 
         if isinstance(exc, APIError) and exc.err_code == ERR_MAX_MSGS_PER_SUBJECT:
             schedule_id = await self._held_id(subject)
-            self._log.info(
-                "wake_duplicate_suppressed", idempotency_key=key, schedule_id=schedule_id
-            )
+            self._suppressed(headers, key, schedule_id)
             return schedule_id
         if isinstance(exc, NoStreamResponseError):  # from the lookup's own request, say
             raise await self._no_responders(subject)

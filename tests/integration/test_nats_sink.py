@@ -239,22 +239,33 @@ async def test_the_same_key_twice_is_registered_once_with_the_first_sequence(
     assert event["schedule_id"] == "ANU_WAKES:1" and event["idempotency_key"] == "ik1-abc"
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["msg-get", "direct-get"])
 async def test_a_per_key_stream_refusal_10077_is_registered_with_the_held_message(
-    server: NatsServer,
+    server: NatsServer, direct: bool
 ) -> None:
     """A per-key stream refuses a second message on the subject (10077) whatever its msg id:
-    registered, with the schedule id of the message already there, and nothing added."""
+    registered, with the schedule id of the message already there (read by a direct get when
+    the stream allows it, else the API's get), and nothing added."""
     import nats
 
-    await add_stream([server.url], per_key=True)
     nc = await nats.connect(server.url)
     try:
+        await nc.jsm().add_stream(
+            name="ANU_WAKES",
+            subjects=["anu.wake.>"],
+            max_msgs_per_subject=1,
+            discard="new",
+            discard_new_per_subject=True,
+            allow_direct=direct,
+        )
         await nc.jetstream().publish("anu.wake.h1.ik1-held", b"{}", headers={"Nats-Msg-Id": "x"})
         await nc.jetstream().publish("anu.wake.h1.ik1-other", b"{}")
     finally:
         await nc.close()
     sink = sink_for(server, subject=PER_KEY)
     try:
+        await asyncio.wait_for(_checked(sink), 10)
+        assert sink.facts is not None and sink.facts.allow_direct is direct
         with structlog.testing.capture_logs() as logs:
             schedule_id = await sink.register(b'{"n":1}', idempotency_key="ik1-held")
         await sink.update(b'{"n":2}', idempotency_key="ik1-held")
