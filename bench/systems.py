@@ -371,4 +371,5 @@ def baselines() -> list[Script]:
 
 
 def all_systems() -> list[AnuDaemon | Script]:
-    return [AnuDaemon("log"), AnuDaemon("exec"), *baselines()]
+    # The nats sink publishes to its own local nats-server (one node, bench/natsbroker.py).
+    return [AnuDaemon("log"), AnuDaemon("exec"), AnuDaemon("nats"), *baselines()]
