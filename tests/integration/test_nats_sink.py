@@ -369,3 +369,35 @@ async def test_a_reload_with_unreadable_credentials_is_refused_and_the_old_sink_
         subjects = [s for s, h, _b in await read_stream([server.url], token=token)]
     assert subjects.count("anu.wake.h1") == 1 and subjects.count("anu.wake.h2") == 1
     assert token not in d.log_text()
+
+
+async def test_a_publish_permissions_violation_is_permanent(tmp_path: Path, spool: Spool) -> None:
+    """A user denied publishing to the subject: FIRE_FAILED at the first attempt, naming the
+    permissions violation (the server only answers -ERR; the attempt's timeout ends it)."""
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode()
+    public = nkeys.from_seed(bytearray(seed.encode())).public_key.decode()
+    deny = '{ publish: { deny: ["anu.wake.h1"] } }'
+    extra = f'authorization {{ users: [ {{ nkey: "{public}", permissions: {deny} }} ] }}'
+    with NatsServer(tmp_path / "nats", extra=extra) as server:
+        await add_stream([server.url], per_key=False, nkeys_seed_str=seed)
+        creds = private_file(tmp_path / "u.nk", seed)
+        nats_wake(spool, [server.url], creds_file=creds, timeout_s=2.0)
+        spool.drop("task-1")
+        res = spool.cli("scan", "--once", "--json")
+    assert verdicts(res.stdout) == {"task-1": "FIRE_FAILED"}, res.stderr
+    failed = spool.marker("task-1", ".pickup.failed")
+    assert failed is not None and failed["attempts"] == 1
+    assert "permissions violation" in failed["error"].lower()
+
+
+async def test_a_payload_over_the_servers_limit_is_permanent(tmp_path: Path, spool: Spool) -> None:
+    """An envelope larger than the server's max_payload: FIRE_FAILED at the first attempt."""
+    with NatsServer(tmp_path / "nats", extra="max_payload: 512") as server:
+        await add_stream([server.url], per_key=False)
+        nats_wake(spool, [server.url])
+        spool.drop("task-1")
+        res = spool.cli("scan", "--once", "--json")
+    assert verdicts(res.stdout) == {"task-1": "FIRE_FAILED"}, res.stderr
+    failed = spool.marker("task-1", ".pickup.failed")
+    assert failed is not None and failed["attempts"] == 1
+    assert "MaxPayloadError" in failed["error"]
