@@ -195,6 +195,7 @@ def nats_wake(
     attempts: int = 3,
     timeout_s: float = 5.0,
     creds_file: Path | None = None,
+    tls_ca_file: Path | None = None,
     host_id: str = "h1",
     concurrency: int = 4,
     escalate: bool = True,
@@ -210,6 +211,7 @@ def nats_wake(
             f"[wake.nats]\nservers = {json.dumps(urls)}\nsubject = {json.dumps(subject)}\n"
             f'host_id = "{host_id}"\n'
             + (f"creds_file = {json.dumps(str(creds_file))}\n" if creds_file else "")
+            + (f"tls_ca_file = {json.dumps(str(tls_ca_file))}\n" if tls_ca_file else "")
         ),
     )
     return directory

@@ -15,6 +15,8 @@ import hmac
 import json
 import os
 import secrets
+import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -401,3 +403,46 @@ async def test_a_payload_over_the_servers_limit_is_permanent(tmp_path: Path, spo
     failed = spool.marker("task-1", ".pickup.failed")
     assert failed is not None and failed["attempts"] == 1
     assert "MaxPayloadError" in failed["error"]
+
+
+def make_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl); (ca, cert, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificates for the TLS test")
+    directory.mkdir()
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    cert, key, csr = directory / "server.pem", directory / "server.key", directory / "server.csr"
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    sign = ["-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "1", "-extfile", ext]
+    for argv in (
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=t"],
+        ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-out", cert, *sign],
+    ):
+        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
+async def test_tls_with_the_configured_ca_is_woken_and_without_it_is_permanent(
+    tmp_path: Path, spool: Spool
+) -> None:
+    """A tls:// server whose certificate the tls_ca_file vouches for: WAKE_BUILT; the same
+    server without the CA: the certificate is refused, FIRE_FAILED at the first attempt."""
+    ca, cert, key = make_tls(tmp_path / "tls")
+    extra = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}'
+    with NatsServer(tmp_path / "nats", extra=extra) as server:
+        url = server.url.replace("nats://", "tls://")
+        await add_stream([url], per_key=False, tls=ssl.create_default_context(cafile=str(ca)))
+        nats_wake(spool, [url], tls_ca_file=ca)
+        spool.drop("task-ok")
+        ok = spool.cli("scan", "--once", "--json")
+        assert verdicts(ok.stdout) == {"task-ok": "WAKE_BUILT"}, ok.stderr
+        nats_wake(spool, [url])
+        spool.drop("task-untrusted")
+        bad = spool.cli("scan", "--once", "--json")
+    assert verdicts(bad.stdout) == {"task-untrusted": "FIRE_FAILED"}, bad.stderr
+    failed = spool.marker("task-untrusted", ".pickup.failed")
+    assert failed is not None and failed["attempts"] == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in failed["error"]
