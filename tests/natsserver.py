@@ -18,7 +18,6 @@ environment); it is stopped by its PID, never by name::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -271,12 +270,3 @@ async def read_stream(urls: list[str], **more: Any) -> list[tuple[str, dict[str,
     finally:
         await nc.close()
     return out
-
-
-@contextlib.contextmanager
-def running(*servers: NatsServer) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for s in servers:
-            s.stop()
