@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from nats.errors import TimeoutError as FetchTimeout
 
 
 def verify(key: bytes, headers: dict[str, str] | None, body: bytes) -> bool:
@@ -75,7 +74,7 @@ async def consume(
     while True:
         try:
             msgs = await sub.fetch(batch, timeout=idle_s)
-        except FetchTimeout:
+        except TimeoutError:  # nats-py raises its own subclass or asyncio's, by code path
             if once:
                 return count
             continue

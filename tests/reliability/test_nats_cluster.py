@@ -98,7 +98,7 @@ async def read_all_with_a_durable_consumer(urls: list[str], key: dict[str, bytes
                 filter_subject=f"anu.wake.{host_id}",
                 handle=handle,
                 batch=1000,
-                idle_s=2.0,
+                idle_s=5.0,
                 once=True,
             )
     finally:
