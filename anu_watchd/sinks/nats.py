@@ -11,7 +11,7 @@ Every wake is one JetStream publish (docs/operations.md, "Fleet")::
 and the final envelope is pushed to ``<subject>.final`` with
 ``Anu-Envelope: final`` and ``Nats-Msg-Id: <idempotency key>.final``.
 
-How an answer maps to an outcome::
+How an answer maps to an outcome (the typing of failures: ``natserrors``)::
 
     PubAck                                  registered, schedule id <stream>:<seq>
     PubAck with duplicate set               registered (the first's seq), wake_duplicate_suppressed
@@ -47,6 +47,7 @@ import structlog
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
 from anu_watchd.sinks.http import signature
+from anu_watchd.sinks.natserrors import ERR_MAX_MSGS_PER_SUBJECT, classify, refused
 from anu_watchd.sinks.natsstream import (
     StreamFacts,
     check_stream,
@@ -66,8 +67,6 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("anu_watchd.sinks.nats")
 
-ERR_MAX_MSGS_PER_SUBJECT = 10077  # a per-key stream already holds this subject's message
-ERR_MSG_ID_IN_PROCESS = 10158  # the same Nats-Msg-Id is being stored right now
 NO_RESPONDERS_PAUSE_S = 0.25  # between publishes while a stream has no leader
 RECONNECT_WAIT_S = 0.5  # the client's pause before it tries a server again
 FIRST_CONNECT_PAUSE_S = 0.1
@@ -286,7 +285,7 @@ class NatsSink:
                 self._on_error(exc)
                 return
             seen.append(exc)
-            if _refused(exc) or len(seen) >= len(self._cfg.servers):
+            if refused(exc) or len(seen) >= len(self._cfg.servers):
                 failed.set_result(exc)
 
         connecting: asyncio.Future[None] = asyncio.ensure_future(
@@ -376,40 +375,6 @@ class NatsSink:
             )
         else:
             self._log.info("nats_stream_checked", **facts.log_fields())
-
-
-def classify(exc: BaseException, described: str) -> WakeError:
-    """A failed publish or connect as a transient or permanent wake error (pure)."""
-    from nats import errors
-    from nats.js.errors import APIError
-
-    if isinstance(exc, APIError):
-        code = exc.code or 0
-        if exc.err_code == ERR_MSG_ID_IN_PROCESS or code >= 500 or code == 0:
-            return TransientWakeError(f"JetStream: {described}")
-        return PermanentWakeError(f"JetStream: {described}")
-    if _refused(exc) or isinstance(exc, errors.MaxPayloadError | errors.BadSubjectError):
-        return PermanentWakeError(f"NATS: {described}")
-    if isinstance(exc, TimeoutError):
-        return TransientWakeError(f"NATS publish timed out: {described}")
-    return TransientWakeError(f"NATS: {described}")
-
-
-def _refused(exc: BaseException) -> bool:
-    """The server or the client refused our credentials or TLS: retrying cannot help."""
-    from nats import errors
-
-    refused = (
-        errors.AuthorizationError,
-        errors.InvalidUserCredentialsError,
-        errors.SecureConnRequiredError,
-        errors.SecureConnWantedError,
-        ssl.SSLCertVerificationError,
-    )
-    if isinstance(exc, refused):
-        return True
-    text = str(exc).lower()
-    return "authorization violation" in text or "authentication" in text or "seed" in text
 
 
 def _server_url(nc: Client | None) -> str | None:

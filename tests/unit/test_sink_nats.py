@@ -16,8 +16,8 @@ from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 
 from anu_watchd.config import normalise_host_id, parse_config
 from anu_watchd.errors import ConfigError, PermanentWakeError, SecretError, TransientWakeError
-from anu_watchd.sinks.nats import classify
 from anu_watchd.sinks.natsauth import CredsKind, NatsAuth, creds_kind, load_auth
+from anu_watchd.sinks.natserrors import classify
 from anu_watchd.sinks.natsstream import dedupe_at_risk, facts_of, render_subject
 
 
