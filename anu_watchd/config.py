@@ -10,6 +10,8 @@ Every error names the dotted key path and the reason. Reload builds a new
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +25,14 @@ from anu_watchd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/anu-watchd/anu-watchd.toml")
 CONFIG_ENV = "ANU_WATCHD_CONFIG"
-SINKS = ("exec", "http", "log")
+SINKS = ("exec", "http", "nats", "log")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "console")
+# A fleet host's name in NATS subjects and logs (docs/operations.md, "Fleet").
+HOST_ID_RE = re.compile(r"[a-z0-9_-]{1,64}")
+# A subject template's tokens once {host} and {key} are filled: no wildcard, no blank.
+_SUBJECT_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-{}$]+")
+_NATS_URL_SCHEMES = ("nats://", "tls://")
 
 T = TypeVar("T")
 
@@ -69,6 +76,17 @@ class HttpConfig:
 
 
 @attrs.frozen
+class NatsConfig:
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    subject: str = "anu.wake.{host}"
+    stream: str = ""
+    host_id: str = ""  # "" = the host name, normalised (resolved at load)
+    creds_file: str = ""
+    tls_ca_file: str = ""
+    min_dedupe_s: float = attrs.field(default=3600.0, validator=_positive)
+
+
+@attrs.frozen
 class WakeConfig:
     activated: bool = False
     sink: str = attrs.field(default="log", validator=_one_of(SINKS))
@@ -81,6 +99,7 @@ class WakeConfig:
     escalate_argv: tuple[str, ...] = ()
     exec: ExecConfig = ExecConfig()
     http: HttpConfig = HttpConfig()
+    nats: NatsConfig = NatsConfig()
 
 
 @attrs.frozen
@@ -173,7 +192,42 @@ def _resolve(cfg: Config, base: Path) -> Config:
         for f in attrs.fields(SpoolConfig)
         if f.type in (Path, "Path")
     }
-    return attrs.evolve(cfg, root=root, spool=attrs.evolve(cfg.spool, **paths))
+    nats = cfg.wake.nats
+    nats = attrs.evolve(
+        nats,
+        host_id=nats.host_id or normalise_host_id(socket.gethostname()) or "localhost",
+        creds_file=_under(root, nats.creds_file),
+        tls_ca_file=_under(root, nats.tls_ca_file),
+    )
+    wake = attrs.evolve(cfg.wake, nats=nats)
+    return attrs.evolve(cfg, root=root, spool=attrs.evolve(cfg.spool, **paths), wake=wake)
+
+
+def _under(root: Path, path: str) -> str:
+    """A non-empty relative path resolved against ``root``; "" stays "" (the default)."""
+    return str(root / path) if path and not Path(path).is_absolute() else path
+
+
+def normalise_host_id(name: str) -> str:
+    """A host name as a fleet host id: lower case, every run of other characters one ``-``.
+
+    ``Web1.Example.COM`` -> ``web1-example-com``. Pure; the caller passes the name.
+    """
+    return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-")[:64]
+
+
+def _check_nats(nats: NatsConfig) -> None:
+    if not nats.servers or not all(s.startswith(_NATS_URL_SCHEMES) for s in nats.servers):
+        raise ConfigError("wake.nats.servers", "expected a list of nats:// or tls:// URLs")
+    tokens = nats.subject.split(".")
+    if not all(_SUBJECT_TOKEN_RE.fullmatch(t) for t in tokens) or "{host}" not in nats.subject:
+        raise ConfigError(
+            "wake.nats.subject",
+            "expected dot-separated tokens of [A-Za-z0-9_-] holding {host} (and optionally {key}); "
+            "no wildcards",
+        )
+    if nats.stream and not re.fullmatch(r"[A-Za-z0-9_-]+", nats.stream):
+        raise ConfigError("wake.nats.stream", "a stream name is [A-Za-z0-9_-]")
 
 
 def _check_semantics(cfg: Config) -> None:
@@ -185,6 +239,10 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("wake.exec.argv", 'required when wake.sink = "exec"')
     if cfg.wake.sink == "http" and not cfg.wake.http.url.startswith(("http://", "https://")):
         raise ConfigError("wake.http.url", 'required (http:// or https://) when wake.sink = "http"')
+    if not HOST_ID_RE.fullmatch(cfg.wake.nats.host_id):
+        raise ConfigError("wake.nats.host_id", "must be 1-64 characters of [a-z0-9_-]")
+    if cfg.wake.sink == "nats":
+        _check_nats(cfg.wake.nats)
     if "/" in cfg.spool.result_glob:
         raise ConfigError("spool.result_glob", "must be a file name pattern, not a path")
 

@@ -47,6 +47,7 @@ from anu_watchd.receipts import ReceiptWatch, mark_received
 from anu_watchd.reload import reload_status_path
 from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebuilt
 from anu_watchd.secret import SealedKey, load_key
+from anu_watchd.sinks import Sink, build_sink
 from anu_watchd.spool import is_enabled
 
 _log = structlog.get_logger("anu_watchd.daemon")
@@ -396,13 +397,16 @@ class Daemon:
         try:
             new = load_config(self.config_path)
             self._check_reloadable(new)
+            # Built here, so that a sink that cannot be built (unreadable NATS credentials)
+            # refuses the reload and keeps the running one.
+            fresh = build_sink(new, self.key) if new.wake != self.config.wake else None
         except ConfigError as exc:
             _log.error("config_reload_refused", error=str(exc))
             await self._record_reload("refused", str(exc))
             self.notifier.ready(status=self._status_text())
             return
         self._note_key_change()
-        await self._apply(new)
+        await self._apply(new, fresh)
         await self._record_reload("applied", None)
         self.notifier.ready(status=self._status_text())
 
@@ -425,11 +429,11 @@ class Daemon:
                 "key_file_changed", note="the key is read at start only; restart to use it"
             )
 
-    async def _apply(self, new: Config) -> None:
+    async def _apply(self, new: Config, fresh: Sink | None) -> None:
         stages = self.pipeline.stages
         old = stages.config
         # One swap: from here on every reader of the config (self.config too) sees ``new``.
-        self.pipeline.stages = rebuilt(stages, new, self.key)
+        self.pipeline.stages = rebuilt(stages, new, self.key, fresh)
         sink = self.pipeline.stages.sink
         if sink is not stages.sink:
             await stages.sink.aclose()

@@ -73,6 +73,7 @@ class RunFacts:
     task_id: str | None = None
     sha256: str | None = None
     idempotency_key: str | None = None
+    host_id: str | None = None  # a fleet host's id (the nats sink); None otherwise
 
 
 def outcome(
@@ -101,6 +102,7 @@ def outcome(
         duration_ms=duration_ms,
         error=error,
         idempotency_key=facts.idempotency_key,
+        host_id=facts.host_id,
     )
 
 

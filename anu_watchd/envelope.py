@@ -74,7 +74,7 @@ MAX_ENVELOPE_BYTES = 3900
 SUMMARY_MAX_CHARS = 1000
 TRUNCATION_MARKER = "…[truncated]"
 NOT_ACTIVATED_REASON = "wake not activated"
-DELIVERY_METHODS = ("exec", "http", "log")
+DELIVERY_METHODS = ("exec", "http", "nats", "log")
 # (field, keep the tail?) in the order encode gives them up.
 TRUNCATABLE: tuple[tuple[str, bool], ...] = (
     ("summary", False),

@@ -176,9 +176,10 @@ class Outcome:
     duration_ms: float = 0.0
     error: str | None = None
     idempotency_key: str | None = None
+    host_id: str | None = None  # a fleet host's id (the nats sink); absent otherwise
 
     def evidence(self) -> dict[str, Any]:
-        return {
+        line = {
             "ts": self.ts,
             "run_id": self.run_id,
             "path": self.path,
@@ -192,3 +193,8 @@ class Outcome:
             "duration_ms": round(self.duration_ms, 3),
             "error": self.error,
         }
+        if self.idempotency_key is not None:
+            line["idempotency_key"] = self.idempotency_key
+        if self.host_id is not None:
+            line["host_id"] = self.host_id
+        return line

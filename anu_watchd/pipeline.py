@@ -74,6 +74,10 @@ class _Run:
         self.sha256: str | None = None
         self.key: str | None = None
         self.log = _log.bind(run_id=self.run_id, path=self.path, task_id=task_id)
+        # A fleet host names itself in its logs and evidence (docs/operations.md, "Fleet").
+        self.host_id = st.config.wake.nats.host_id if st.sink.delivery_method == "nats" else None
+        if self.host_id is not None:
+            self.log = self.log.bind(host_id=self.host_id)
 
     def hashed(self, sha256: str) -> None:
         self.sha256 = sha256
@@ -85,7 +89,7 @@ class _Run:
 
     @property
     def facts(self) -> RunFacts:
-        return RunFacts(self.run_id, self.path, self.task_id, self.sha256, self.key)
+        return RunFacts(self.run_id, self.path, self.task_id, self.sha256, self.key, self.host_id)
 
     def now(self) -> str:
         return iso(self.st.clock())

@@ -23,7 +23,7 @@ from anu_watchd.ledger import Ledger
 from anu_watchd.pipeline import Pipeline
 from anu_watchd.projections import ProjectionWriter
 from anu_watchd.secret import SealedKey
-from anu_watchd.sinks import build_sink
+from anu_watchd.sinks import Sink, build_sink
 from anu_watchd.stages import Stages
 from anu_watchd.validate import Rules
 
@@ -94,11 +94,15 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
         raise DurabilityError("a state write failed after its run was cancelled (logged above)")
 
 
-def rebuilt(stages: Stages, new: Config, key: SealedKey | None) -> Stages:
+def rebuilt(
+    stages: Stages, new: Config, key: SealedKey | None, sink: Sink | None = None
+) -> Stages:
     """The stages for a reloaded config: the same durable writers and task locks.
 
-    The sink is rebuilt only when ``[wake]`` changed; the caller closes the old
-    one once the new stages are in place.
+    ``sink`` is the new sink when ``[wake]`` changed (the caller builds it before the
+    swap, so a sink that cannot be built refuses the reload); None keeps the running
+    one. The caller closes the old sink once the new stages are in place.
     """
-    sink = build_sink(new, key) if new.wake != stages.config.wake else stages.sink
+    if sink is None:
+        sink = build_sink(new, key) if new.wake != stages.config.wake else stages.sink
     return attrs.evolve(stages, config=new, sink=sink, rules=rules_for(new, key))

@@ -127,33 +127,63 @@ def _read_key(path: Path, *, inside_credentials: bool) -> str:
     return value
 
 
-def _read_checked(path: Path, *, inside_credentials: bool) -> bytes:
+def _read_checked(
+    path: Path,
+    *,
+    inside_credentials: bool,
+    config_key: str = _CONFIG_KEY,
+    max_bytes: int = MAX_KEY_BYTES,
+) -> bytes:
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        raise SecretError(_CONFIG_KEY, f"{path}: cannot open: {exc.strerror}") from None
+        raise SecretError(config_key, f"{path}: cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        _check_stat(path, st, inside_credentials=inside_credentials)
-        data = os.read(fd, MAX_KEY_BYTES + 1)
+        _check_stat(path, st, inside_credentials=inside_credentials, config_key=config_key)
+        data = os.read(fd, max_bytes + 1)
     except OSError as exc:
-        raise SecretError(_CONFIG_KEY, f"{path}: cannot read: {exc.strerror}") from None
+        raise SecretError(config_key, f"{path}: cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
-    if len(data) > MAX_KEY_BYTES:
-        raise SecretError(_CONFIG_KEY, f"{path}: larger than {MAX_KEY_BYTES} bytes")
+    if len(data) > max_bytes:
+        raise SecretError(config_key, f"{path}: larger than {max_bytes} bytes")
     return data
 
 
-def _check_stat(path: Path, st: os.stat_result, *, inside_credentials: bool) -> None:
+def _check_stat(
+    path: Path, st: os.stat_result, *, inside_credentials: bool, config_key: str
+) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise SecretError(_CONFIG_KEY, f"{path}: not a regular file")
+        raise SecretError(config_key, f"{path}: not a regular file")
     forbidden = 0o037 if inside_credentials else 0o077
     if st.st_mode & forbidden:
         mode = stat.S_IMODE(st.st_mode)
         hint = _CRED_HINT if inside_credentials else _FILE_HINT
-        raise SecretError(_CONFIG_KEY, f"{path}: mode {mode:04o} is too open; {hint}")
+        raise SecretError(config_key, f"{path}: mode {mode:04o} is too open; {hint}")
+
+
+def read_secret_file(
+    path: Path, *, config_key: str, environ: Mapping[str, str], max_bytes: int
+) -> str:
+    """Another secret file (NATS credentials) under the key file's rules, stripped.
+
+    The same mode rule, the same bounded non-blocking read; refusals name
+    ``config_key`` and the path, never the content.
+    """
+    creds = environ.get(CREDENTIALS_ENV) or None
+    inside = creds is not None and _is_inside(path, Path(creds))
+    raw = _read_checked(
+        path, inside_credentials=inside, config_key=config_key, max_bytes=max_bytes
+    )
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SecretError(config_key, f"{path}: not valid UTF-8") from None
+    if not value:
+        raise SecretError(config_key, f"{path}: empty file")
+    return value
 
 
 # -- creating (make run's development key) ----------------------------------------

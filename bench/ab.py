@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.ab --sink log --files 2000 --rounds 3 [--concurrency N]
     .venv/bin/python -m bench.ab --sink exec --paced 200 --rounds 3
+    .venv/bin/python -m bench.ab --sink nats --files 20000 --rounds 3   # a local nats-server
 
 Not part of ``make bench``: it is the loop used while changing the daemon,
 so that a before and an after can be interleaved on the same disk and CPU
@@ -47,6 +48,7 @@ def one_round(root: Path, sink: str, n: int, concurrency: int | None) -> tuple[f
     stopped = daemon.stop()
     if len(stopped.wakes) != n or len({t for t, _ in stopped.wakes}) != n:
         raise SystemExit(f"ab: {len(stopped.wakes)} wakes for {n} files")
+    # The nats sink's wakes are the stream's messages: exactly n, one per key, or the row fails.
     return n / wall, cpu / n * 1000.0
 
 
@@ -69,7 +71,7 @@ def paced_round(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sink", default="log", choices=["log", "exec"])
+    ap.add_argument("--sink", default="log", choices=["log", "exec", "nats"])
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int)

@@ -39,7 +39,7 @@ def floor_mean(doc: dict[str, Any]) -> dict[str, float]:
 def target_rows(doc: dict[str, Any], wls: list[Workload]) -> list[list[str]]:
     rows = []
     big = _bursts(wls)[-2:]
-    for sink in ("log", "exec"):
+    for sink in ("log", "exec", "nats"):
         parts, ok, unverified = [], True, 0
         for w in big:
             c = _case(doc, f"anu-{sink}", w.key)
@@ -103,6 +103,17 @@ def _throughput_rows(doc: dict[str, Any], wls: list[Workload]) -> list[list[str]
                 ">= 600 files/s",
                 f"{rate(r)} files/s",
                 _yes(r >= 600),
+            ]
+        )
+    nats = _case(doc, "anu-nats", big.key)
+    if nats is not None:
+        m = nats["metrics"]
+        rows.append(
+            [
+                f"sustained throughput, nats sink, one local server ({big.files:,} burst)",
+                ">= 2,000 files/s; 0 lost / 0 duplicate messages in the stream",
+                f"{rate(m['drain_per_s'])} files/s; {m['lost']} / {m['duplicated']}",
+                _yes(m["drain_per_s"] >= 2000 and m["lost"] == 0 and m["duplicated"] == 0),
             ]
         )
     return rows

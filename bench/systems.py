@@ -2,6 +2,8 @@
 
     AnuDaemon("log")   python -m anu_watchd run, log sink, activated, fully durable
     AnuDaemon("exec")  the same with the exec sink running the handler per wake
+    AnuDaemon("nats")  the same with the nats sink, publishing to a local nats-server
+                       (bench/natsbroker.py); its wake time is the stored message's
     Script(...)        a baseline from bench/baselines/, running the handler per file
 
 The handler is bench/handler.c, compiled on first use (bench/handler.sh, the
@@ -26,6 +28,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -194,15 +197,31 @@ def stop_process(proc: subprocess.Popen[bytes], *, group: bool, timeout: float) 
 class AnuDaemon:
     """The real daemon as a subprocess; its JSON log (stdout) goes to a file, as to journald."""
 
-    def __init__(self, sink: str, *, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        sink: str,
+        *,
+        concurrency: int | None = None,
+        broker: Any = None,
+        host_id: str = "bench",
+    ) -> None:
         self.sink = sink
         self.concurrency = concurrency
+        # The nats sink's broker: its own single node unless one is shared (bench/fleet.py).
+        self.broker = broker
+        self._own_broker = broker is None
+        self.host_id = host_id
         tuned = f", concurrency {concurrency}" if concurrency else ""
         self.name = f"anu-watchd ({sink} sink{tuned})"
         self.key = f"anu-{sink}" + (f"-c{concurrency}" if concurrency else "")
 
     def start(self, root: Path) -> None:
         self.root = root
+        if self.sink == "nats" and self._own_broker:
+            from bench.natsbroker import Broker
+
+            self.broker = Broker(root / "broker")
+            self.broker.start()
         self.events_dir = root / "memory" / "events"
         self.events_dir.mkdir(parents=True)
         (root / "memory" / "state").mkdir()
@@ -242,10 +261,17 @@ class AnuDaemon:
             f'[wake]\nactivated = true\nsink = "{self.sink}"\n'
             + (f"concurrency = {self.concurrency}\n" if self.concurrency else "")
             + f"[wake.exec]\nargv = {exec_argv}\n"
-            f'[key]\nfile = "{key_file}"\n'
+            + self._nats_section()
+            + f'[key]\nfile = "{key_file}"\n'
             '[log]\nlevel = "info"\n'
         )
         return config
+
+    def _nats_section(self) -> str:
+        if self.sink != "nats":
+            return ""
+        urls = json.dumps(self.broker.urls)
+        return f'[wake.nats]\nservers = {urls}\nhost_id = "{self.host_id}"\n'
 
     def progress(self) -> int:
         return self._progress.poll()
@@ -253,6 +279,13 @@ class AnuDaemon:
     def stop(self) -> Stopped:
         peak = proc_kib(self.proc.pid, "VmHWM")
         stop_process(self.proc, group=False, timeout=60)
+        if self.sink == "nats" and self._own_broker:
+            held = self.broker.wakes()
+            self.broker.stop()
+            self.stream_duplicates = held.duplicates
+            return Stopped(wakes=held.wakes, peak_rss_kib=peak)
+        if self.sink == "nats":  # a shared broker: the fleet reads the stream once, at the end
+            return Stopped(wakes=[], peak_rss_kib=peak)
         wakes = self._exec_wakes() if self.sink == "exec" else self._logged_wakes()
         return Stopped(wakes=wakes, peak_rss_kib=peak)
 
@@ -338,4 +371,5 @@ def baselines() -> list[Script]:
 
 
 def all_systems() -> list[AnuDaemon | Script]:
-    return [AnuDaemon("log"), AnuDaemon("exec"), *baselines()]
+    # The nats sink publishes to its own local nats-server (one node, bench/natsbroker.py).
+    return [AnuDaemon("log"), AnuDaemon("exec"), AnuDaemon("nats"), *baselines()]

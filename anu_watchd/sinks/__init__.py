@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from anu_watchd.errors import SecretError
+from anu_watchd.errors import ConfigError, SecretError
 from anu_watchd.sinks.base import RetryPolicy, Sink, WakeFailed, register_with_retries
 from anu_watchd.sinks.log import LogSink
 
@@ -35,4 +35,22 @@ def build_sink(config: Config, key: SealedKey | None) -> Sink:
         if key is None:
             raise SecretError("key.file", 'required when wake.sink = "http"')
         return HttpSink(wake.http.url, key=key, timeout_s=wake.timeout_s)
+    if wake.sink == "nats":
+        return _nats_sink(config, key)
     return LogSink()
+
+
+def _nats_sink(config: Config, key: SealedKey | None) -> Sink:
+    """The nats sink with its credentials read now (start, reload); nats-py loaded only here."""
+    from anu_watchd.sinks.nats import NatsSink
+    from anu_watchd.sinks.natsauth import load_auth
+
+    if key is None:
+        raise SecretError("key.file", 'required when wake.sink = "nats"')
+    nats = config.wake.nats
+    auth = load_auth(nats.creds_file)
+    try:
+        return NatsSink(nats, key=key, auth=auth, timeout_s=config.wake.timeout_s)
+    except (OSError, ValueError) as exc:  # the CA file: unreadable or not PEM
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError("wake.nats.tls_ca_file", f"cannot load: {reason}") from None

@@ -8,13 +8,16 @@ the log sink, every way of writing the key into a result (KEY_LITERAL), other
 quarantines, ack, a receipt timeout with its escalation, reload, status and
 quarantine list. Then every file under the spool root, every line of output
 and everything the sinks received is searched for the key. Only the key file
-and the results quarantined as KEY_LITERAL may hold it.
+and the results quarantined as KEY_LITERAL may hold it. The nats sink gets
+the same search for the key and for its NATS credentials (a token), over a
+real nats-server, the messages it stored included.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 import subprocess
 from pathlib import Path
@@ -27,6 +30,7 @@ from tests.integration.test_wake import (
     http_wake,
     verdicts,
 )
+from tests.natsserver import NatsServer, add_stream, nats_wake, read_stream
 from tests.sinkhelpers import Reply, TestHttpServer, read_sink_calls, set_sink_behaviour
 from tests.spool import Spool, valid_doc
 
@@ -198,3 +202,50 @@ def test_a_result_named_after_the_key_leaks_nothing(tmp_path: Path) -> None:
         assert spool.key not in text
     unexpected = files_holding(spool.root, spool.key.encode()) - {spool.key_file}
     assert unexpected <= key_literal_quarantined(spool), sorted(map(str, unexpected))
+
+
+async def test_nats_wakes_leak_neither_the_key_nor_the_nats_credentials(tmp_path: Path) -> None:
+    """Through the nats sink (CLI and daemon wakes, a reload, a refused token with its
+    escalation), neither the key nor the NATS token is printed, logged, stored, escalated or
+    published: each is only in its own file (and the token in the test server's config)."""
+    token, wrong = secrets.token_hex(24), secrets.token_hex(24)
+    spool = Spool(tmp_path / "spool")
+    creds = spool.root / "nats.creds"
+    creds.write_text(token + "\n")
+    creds.chmod(0o600)
+    wrong_creds = spool.root / "wrong.creds"
+    wrong_creds.write_text(wrong + "\n")
+    wrong_creds.chmod(0o600)
+    out = Captured(spool)
+    with NatsServer(tmp_path / "nats", token=token) as server:
+        await add_stream([server.url], per_key=False, token=token)
+        escalate = nats_wake(spool, [server.url], creds_file=creds)
+        spool.drop("task-cli")
+        assert out.scan() == {"task-cli": "WAKE_BUILT"}
+        d = DaemonProc(spool)
+        try:
+            d.wait_notify("READY=1")
+            spool.drop("task-daemon")
+            wait_for(lambda: spool.marker("task-daemon"), DEADLINE_S, "the daemon's wake")
+            assert out.cli("reload").returncode == 0
+            d.wait_event("config_reloaded")
+        finally:
+            assert d.stop() == 0
+            out.texts.append(d.log_text())
+        nats_wake(spool, [server.url], creds_file=wrong_creds)
+        spool.drop("task-refused")
+        assert out.scan() == {"task-refused": "FIRE_FAILED"}
+        published = await read_stream([server.url], token=token)
+    assert len(published) == 4  # two wakes and their final envelopes
+    own_files = {spool.key_file, creds, wrong_creds}
+    for secret in (spool.key, token, wrong):
+        for text in out.texts:
+            assert secret not in text
+        assert files_holding(spool.root, secret.encode()) <= own_files
+        for call in read_sink_calls(escalate):
+            assert secret not in json.dumps(call)
+        for subject, headers, body in published:
+            assert secret not in subject + json.dumps(headers) + body.decode()
+    assert [json.loads(c["stdin"])["task_id"] for c in read_sink_calls(escalate)] == [
+        "task-refused"
+    ]

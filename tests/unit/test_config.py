@@ -50,7 +50,7 @@ def test_relative_root_resolves_against_the_config_directory(tmp_path: Path) -> 
         ({"wake": {"attempts": True}}, "wake.attempts: expected an integer, got a boolean"),
         ({"wake": {"attempts": 0}}, "wake.attempts: must be greater than 0"),
         ({"wake": {"activated": "yes"}}, "wake.activated: expected true or false"),
-        ({"wake": {"sink": "smtp"}}, "wake.sink: expected one of exec, http, log"),
+        ({"wake": {"sink": "smtp"}}, "wake.sink: expected one of exec, http, nats, log"),
         ({"wake": {"colour": 1}}, "wake.colour: unknown key"),
         ({"spool": {"events_dir": 3}}, "spool.events_dir: expected a path string"),
         ({"colour": 1}, "colour: unknown key"),
