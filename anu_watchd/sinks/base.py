@@ -17,6 +17,7 @@ import attrs
 import tenacity
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
+from anu_watchd.secret import SealedKey, holds_key, redact_text
 
 
 class Sink(Protocol):
@@ -37,6 +38,52 @@ class Sink(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class RedactedSink:
+    """A sink whose answers pass the key's redaction before anything records them.
+
+    Whatever a sink hands back comes from outside (a command's output, an
+    HTTP body) and ends up in the ledger, markers, envelope and evidence, so
+    error text is redacted here, once for every sink, and a schedule id
+    holding the key is refused as a permanent error (docs/durability.md).
+    """
+
+    def __init__(self, inner: Sink, key: SealedKey) -> None:
+        self._inner = inner
+        self._key = key
+
+    @property
+    def delivery_method(self) -> str:
+        return self._inner.delivery_method
+
+    @property
+    def supports_update(self) -> bool:
+        return self._inner.supports_update
+
+    async def register(self, envelope: bytes, *, idempotency_key: str) -> str:
+        try:
+            schedule_id = await self._inner.register(envelope, idempotency_key=idempotency_key)
+        except WakeError as exc:
+            raise self._redacted(exc) from None
+        if holds_key(schedule_id, self._key):
+            raise PermanentWakeError("the sink answered a schedule id that holds the sealed key")
+        return schedule_id
+
+    async def update(self, envelope: bytes, *, idempotency_key: str) -> None:
+        try:
+            await self._inner.update(envelope, idempotency_key=idempotency_key)
+        except WakeError as exc:
+            raise self._redacted(exc) from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def _redacted(self, exc: WakeError) -> WakeError:
+        # Same type and attributes (a Retry-After, say); only the text is redacted.
+        exc.args = (redact_text(str(exc), self._key),)
+        exc.__cause__ = exc.__context__ = None
+        return exc
 
 
 @attrs.frozen
