@@ -50,6 +50,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLL
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _AT_FDCWD = -100
+_READ_TRIES = 4  # reads of an input replaced under us before it counts as vanished
 _RENAME_NOREPLACE = 1
 
 
@@ -234,7 +235,22 @@ def read_input(path: Path, max_bytes: int) -> InputFile:
     Raises UnsafeInputError (quarantine it), InputVanishedError (ignore it).
     The returned ``st`` predates the read, so if the file changes while it is
     read, a later scan sees a different stamp and runs it again (dedupe-safe).
+
+    A worker's atomic replace (a rename over the path) between our lstat and
+    open, or after the open (the opened inode then has 0 links), is a normal
+    event, not an attack: the path is read again, up to ``_READ_TRIES`` times.
+    A path replaced at every try is reported vanished; the last rename brings
+    its own event (docs/durability.md).
     """
+    for _ in range(_READ_TRIES):
+        got = _read_input_once(path, max_bytes)
+        if got is not None:
+            return got
+    raise InputVanishedError(errno.ENOENT, "replaced at every read", str(path))
+
+
+def _read_input_once(path: Path, max_bytes: int) -> InputFile | None:
+    """One read of the path; None when it was replaced under us (read it again)."""
     try:
         lst = os.lstat(path)
     except FileNotFoundError as exc:
@@ -244,13 +260,21 @@ def read_input(path: Path, max_bytes: int) -> InputFile:
     fd = _open_input(path)
     try:
         st = os.fstat(fd)
-        _check_opened(lst, st, max_bytes)
+        if _replaced(lst, st):
+            return None
+        _check_opened(st, max_bytes)
         data = _read_at_most(fd, max_bytes + 1)
     finally:
         os.close(fd)
     if len(data) > max_bytes:
         raise UnsafeInputError(QuarantineReason.OVERSIZE, f"grew past {max_bytes} bytes")
     return InputFile(data, st)
+
+
+def _replaced(lst: os.stat_result, st: os.stat_result) -> bool:
+    """The opened file is not the one lstat saw, or was unlinked since: a replace, not an attack."""
+    moved = (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino)
+    return moved or (stat.S_ISREG(st.st_mode) and st.st_nlink == 0)
 
 
 def read_state(path: Path, max_bytes: int, *, follow: bool = False) -> bytes:
@@ -285,12 +309,10 @@ def _open_input(path: Path) -> int:
         raise
 
 
-def _check_opened(lst: os.stat_result, st: os.stat_result, max_bytes: int) -> None:
-    """What was opened must be what was checked: same regular file, one link, small."""
+def _check_opened(st: os.stat_result, max_bytes: int) -> None:
+    """What was opened is the file lstat saw: it must be regular, have one link, be small."""
     if not stat.S_ISREG(st.st_mode):
         raise _not_regular(f"not a regular file: {describe_mode(st.st_mode)}")
-    if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
-        raise _not_regular("replaced between lstat and open")
     if st.st_nlink != 1:
         raise _not_regular(f"{st.st_nlink} hard links")
     if st.st_size > max_bytes:
