@@ -9,6 +9,7 @@ Every error names the dotted key path and the reason. Reload builds a new
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable
@@ -116,6 +117,10 @@ def _strict(kind: type[T], noun: str) -> Callable[[Any, type], T]:
             return float(value)  # type: ignore[return-value]
         if not isinstance(value, kind):
             raise ValueError(f"expected {noun}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has nan and inf literals; every comparison with NaN is False, so a
+            # NaN timeout or backoff would pass `> 0` and then fail or pass at random.
+            raise ValueError(f"expected a finite number, got {value}")
         return value
 
     return hook
