@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -294,6 +295,17 @@ def message_code(message: str) -> int:
     )
 
 
+def _stdout_closed() -> int:
+    """stdout's reader went away (``status | head``): that is the reader's choice, exit 0 quietly.
+
+    stdout is pointed at /dev/null so the interpreter's final flush cannot fail again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EX_OK
+
+
 # -- parser -------------------------------------------------------------------
 
 
@@ -347,7 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.func
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit: a closed stdout is handled below
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except ConfigError as exc:
         _say(f"configuration error: {exc}")
         return EX_CONFIG

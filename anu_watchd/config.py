@@ -225,4 +225,8 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, base=path.resolve().parent, source=path)
+    config = parse_config(data, base=path.resolve().parent, source=path)
+    from anu_watchd.statepaths import check_state_paths  # it imports this module
+
+    check_state_paths(config.spool)
+    return config

@@ -8,7 +8,8 @@ these are for the exceptional::
     │   └── SecretError        the sealed key file is missing, empty or too open
     ├── LockHeldError          another instance runs; try later, exit 75
     ├── DurabilityError        daemon state could not be made durable: stop, exit 70
-    │   └── LedgerCorruptError a ledger line in the middle does not parse
+    │   ├── LedgerCorruptError a ledger line in the middle does not parse
+    │   └── StatePathError     a state path is a symlink, FIFO, directory...: never opened
     ├── WriteError             the producer's atomic write (fsio) failed
     │   ├── NotWrittenError    failed before the rename: nothing is left behind
     │   └── OutcomeUnknownError  the directory fsync failed: it may or may not survive
@@ -65,6 +66,16 @@ class LedgerCorruptError(DurabilityError):
         self.lineno = lineno
         self.reason = reason
         super().__init__(f"{path}:{lineno}: corrupt ledger line: {reason}")
+
+
+class StatePathError(DurabilityError):
+    """A state path is not what the daemon keeps there (a symlink, a FIFO, a directory).
+
+    The message names the path and the operation: ``<path>: cannot <op>: <reason>``.
+    """
+
+    def __init__(self, path: object, op: str, reason: str) -> None:
+        super().__init__(f"{path}: cannot {op}: {reason}")
 
 
 class WriteError(AnuWatchdError, OSError):

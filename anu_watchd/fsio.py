@@ -39,6 +39,7 @@ from anu_watchd.errors import (
     InputVanishedError,
     NotWrittenError,
     OutcomeUnknownError,
+    StatePathError,
     UnsafeInputError,
 )
 from anu_watchd.model import QuarantineReason
@@ -216,6 +217,50 @@ def _sync_dir_after(directory: Path, what: str) -> None:
     except OSError as exc:
         msg = f"directory fsync failed, {what} may not survive a crash: {exc.strerror or exc}"
         raise OutcomeUnknownError(exc.errno, msg, str(directory)) from exc
+
+
+# -- opening the daemon's own state files ---------------------------------------
+
+_STATE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def open_state(path: Path, flags: int, mode: int = 0o644, *, op: str = "open") -> int:
+    """Open a state file (ledger, evidence log, lock, checkpoint): a regular file, or refuse.
+
+    Never through a symlink (``O_NOFOLLOW``: a planted link must not aim our
+    writes at another file), never blocking (``O_NONBLOCK``: a planted FIFO
+    must not hang the daemon or ``status``), and the opened file must be a
+    regular file. FileNotFoundError and FileExistsError pass through for the
+    caller to create or skip; any other wrong type is a StatePathError naming
+    the path and ``op`` (exit 70; docs/operations.md).
+    """
+    try:
+        fd = os.open(path, flags | _STATE_FLAGS, mode)
+    except (FileNotFoundError, FileExistsError):
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "it is a symlink; state files are never followed"
+            raise StatePathError(path, op, reason) from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise StatePathError(path, op, f"{_kind_at(path)}, not a regular file") from None
+        raise StatePathError(path, op, exc.strerror or str(exc)) from exc
+    try:
+        st_mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st_mode):
+        os.close(fd)
+        raise StatePathError(path, op, f"it is a {describe_mode(st_mode)}, not a regular file")
+    return fd
+
+
+def _kind_at(path: Path) -> str:
+    try:
+        return f"it is a {describe_mode(os.lstat(path).st_mode)}"
+    except OSError:
+        return "it is a special file"
 
 
 # -- defensive read of worker-written input -------------------------------------

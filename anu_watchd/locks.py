@@ -17,7 +17,10 @@ from types import TracebackType
 
 import attrs
 
+from anu_watchd import fsio
 from anu_watchd.errors import LockHeldError
+
+_HOLDER_MAX_BYTES = 4096
 
 
 @attrs.frozen
@@ -36,7 +39,8 @@ class InstanceLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Never through a planted symlink: the pid written below would overwrite its target.
+        fd = fsio.open_state(self.path, os.O_RDWR | os.O_CREAT, op="take the instance lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,7 +70,7 @@ class InstanceLock:
 def read_holder(path: Path) -> Holder | None:
     """Who holds (or last held) the lock, from its content; None if unknown."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(fsio.read_state(path, _HOLDER_MAX_BYTES))
         return Holder(pid=int(doc["pid"]), role=str(doc["role"]))
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
@@ -75,7 +79,7 @@ def read_holder(path: Path) -> Holder | None:
 def is_held(path: Path) -> bool:
     """True while some process holds the lock (probed without keeping it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = fsio.open_state(path, os.O_RDONLY, op="probe the instance lock")
     except FileNotFoundError:
         return False
     try:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from anu_watchd import markers
+from anu_watchd import fsio, markers
 from anu_watchd.config import Config
 from anu_watchd.markers import ACKED_SUFFIX, DONE_SUFFIX, FAILED_SUFFIX, FileStamp, TaskFiles
 from anu_watchd.model import Verdict
@@ -30,7 +30,7 @@ def _evidence(path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
     counts: collections.Counter[str] = collections.Counter()
     last: collections.deque[dict[str, Any]] = collections.deque(maxlen=LAST_RUNS)
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(fsio.open_state(path, os.O_RDONLY, op="read the evidence log"), "rb") as fh:
             for raw in fh:
                 try:
                     line = json.loads(raw)

@@ -65,3 +65,18 @@ def test_lock_is_released_when_the_holder_dies(tmp_path: Path) -> None:
 def test_is_held_is_false_without_a_lock_file(tmp_path: Path) -> None:
     """No lock file means nobody holds it."""
     assert not is_held(tmp_path / "none.lock")
+
+
+def test_a_lock_file_planted_as_a_symlink_is_refused_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    """Taking the lock through a symlink fails with the path named; the target keeps its bytes."""
+    from anu_watchd.errors import StatePathError
+
+    target = tmp_path / "precious"
+    target.write_text("precious\n")
+    (tmp_path / "lock").symlink_to(target)
+    with pytest.raises(StatePathError, match=r"lock: cannot take the instance lock: .*symlink"):
+        InstanceLock(tmp_path / "lock", role="run").acquire()
+    assert target.read_text() == "precious\n"
+    assert read_holder(tmp_path / "lock") is None
