@@ -1,6 +1,6 @@
 """Command line: argument parsing and exit codes only; the work is elsewhere.
 
-Exit codes (sysexits): 0 ok, 64 usage, 70 fatal internal or durability
+Exit codes (sysexits): 0 ok, 64 usage, 66 no such input file, 70 fatal internal or durability
 failure, 75 temporary (the instance lock is held), 78 configuration.
 """
 
@@ -25,6 +25,7 @@ from anu_watchd.errors import (
     ConfigError,
     DurabilityError,
     LockHeldError,
+    NoInputError,
     NotWrittenError,
     OutcomeUnknownError,
     UsageError,
@@ -35,7 +36,7 @@ from anu_watchd.model import TASK_ID_RE, Outcome
 from anu_watchd.pipeline import is_enabled
 from anu_watchd.runtime import open_pipeline, rules_for
 
-EX_OK, EX_USAGE, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 70, 75, 78
+EX_OK, EX_USAGE, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 66, 70, 75, 78
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -126,6 +127,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_pickup(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if not os.path.lexists(path):
+        raise NoInputError(f"{path}: no such file")
 
     async def work(config: Config, key: Any) -> list[Outcome]:
         if path.absolute().parent.resolve() != config.spool.events_dir.resolve():
@@ -373,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _say(str(exc))
         return EX_USAGE
+    except NoInputError as exc:
+        _say(str(exc))
+        return EX_NOINPUT
     except OutcomeUnknownError as exc:
         _say(f"outcome unknown: {exc}; write the same bytes again (idempotent)")
         return EX_TEMPFAIL

@@ -20,7 +20,8 @@ these are for the exceptional::
     │   ├── TransientWakeError retry with backoff (bounded)
     │   └── PermanentWakeError do not retry: FIRE_FAILED
     ├── EnvelopeError          an envelope is contradictory or cannot fit: FIRE_FAILED
-    └── UsageError             the command line is wrong; exit 64
+    ├── UsageError             the command line is wrong; exit 64
+    └── NoInputError           a file the command was given does not exist; exit 66
 
 Error messages never carry the sealed key or a result's content.
 """
@@ -125,3 +126,7 @@ class EnvelopeError(AnuWatchdError, ValueError):
 
 class UsageError(AnuWatchdError):
     """The command line is wrong."""
+
+
+class NoInputError(AnuWatchdError):
+    """A file named on the command line does not exist (EX_NOINPUT)."""

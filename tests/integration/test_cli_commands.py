@@ -217,3 +217,12 @@ def test_key_file_open_to_others_is_refused(spool: Spool) -> None:
     res = spool.cli("scan", "--once")
     assert res.returncode == 78
     assert spool.key not in res.stderr
+
+
+def test_pickup_of_a_nonexistent_file_exits_66_naming_the_path(spool: Spool) -> None:
+    """pickup of a path that does not exist is EX_NOINPUT (66) with the path, not a silent 0."""
+    missing = spool.events / "task-404.result.json"
+    res = spool.cli("pickup", str(missing))
+    assert res.returncode == 66, res.stderr
+    assert str(missing) in res.stderr
+    assert "Traceback" not in res.stderr
