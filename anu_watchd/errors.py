@@ -113,7 +113,15 @@ class WakeError(AnuWatchdError):
 
 
 class TransientWakeError(WakeError):
-    """Worth retrying: a timeout, a 5xx, EX_TEMPFAIL."""
+    """Worth retrying: a timeout, a 5xx, EX_TEMPFAIL.
+
+    ``retry_after_s``: how long the other side asked us to wait (an HTTP
+    ``Retry-After``), or None; the retry policy bounds it.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PermanentWakeError(WakeError):

@@ -134,7 +134,7 @@ async def register_with_retries(
         on_retry(1, first)
     # The wait after attempt 1 is what wait_exponential_jitter gives attempt 1.
     jitter = random.uniform(0, policy.initial_s)  # noqa: S311 (spreads retries; not a secret)
-    await sleep(min(policy.max_s, policy.initial_s + jitter))
+    await sleep(_honoured(first, min(policy.max_s, policy.initial_s + jitter), policy.max_s))
     return await _retry_rest(sink, envelope, idempotency_key, policy, sleep, on_retry)
 
 
@@ -159,8 +159,11 @@ async def _retry_rest(
         stop=tenacity.stop_after_attempt(policy.attempts - 1),
         # Jitter up to one initial step: spreads a thundering herd, yet waits never shrink.
         # The multiplier is doubled because tenacity counts from attempt 2 here.
-        wait=tenacity.wait_exponential_jitter(
-            multiplier=2 * policy.initial_s, max=policy.max_s, jitter=policy.initial_s
+        wait=_retry_after_or(
+            tenacity.wait_exponential_jitter(
+                multiplier=2 * policy.initial_s, max=policy.max_s, jitter=policy.initial_s
+            ),
+            policy.max_s,
         ),
         retry=tenacity.retry_if_exception_type(TransientWakeError),
         sleep=sleep,
@@ -175,6 +178,27 @@ async def _retry_rest(
     except WakeError as exc:
         raise WakeFailed(exc, attempts) from exc
     return schedule_id, attempts
+
+
+def _honoured(exc: BaseException | None, backoff_s: float, max_s: float) -> float:
+    """The wait before the next attempt: the server's ``Retry-After`` if it gave one (RFC 9110),
+    never more than ``max_s`` (``wake.backoff_max_s``) and never less than the backoff."""
+    asked = getattr(exc, "retry_after_s", None)
+    if not isinstance(asked, float | int):
+        return backoff_s
+    return min(max_s, max(backoff_s, float(asked)))
+
+
+def _retry_after_or(
+    backoff: Callable[[tenacity.RetryCallState], float], max_s: float
+) -> Callable[[tenacity.RetryCallState], float]:
+    """tenacity's wait, with a ``Retry-After`` from the last error honoured (``_honoured``)."""
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return _honoured(exc, backoff(state), max_s)
+
+    return wait
 
 
 async def _register_once(sink: Sink, envelope: bytes, idempotency_key: str) -> str:
