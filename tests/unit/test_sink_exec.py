@@ -316,3 +316,22 @@ async def test_key_straddling_the_stderr_cut_leaves_no_prefix(key: SealedKey) ->
     message = str(info.value)
     assert key.value[: len(key.value) // 2] not in message
     assert key.value[:4] not in message.rsplit("e", 1)[-1]
+
+
+# Exits 0 with an id but leaves a background child holding stdout (and stderr) open.
+_BACKGROUND = (
+    "import subprocess, sys\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+    "print('{\"schedule_id\": \"S-bg\"}', flush=True)\n"
+)
+
+
+async def test_a_handler_exiting_0_with_a_child_on_stdout_registers_once(key: SealedKey) -> None:
+    """A handler that exits 0 but leaves a child holding stdout is registered at its exit,
+    not timed out (which retried it into three real registrations)."""
+    sink = ExecSink(
+        [sys.executable, "-c", _BACKGROUND], [], key_file=key.path, timeout_s=5, key=key
+    )
+    started = time.monotonic()
+    assert await sink.register(ENVELOPE, idempotency_key=IK) == "S-bg"
+    assert time.monotonic() - started < 4
