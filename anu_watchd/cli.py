@@ -291,11 +291,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def message_code(message: str) -> int:
-    return (
-        EX_TEMPFAIL
-        if message.startswith("no daemon")
-        else (EX_CONFIG if message.startswith("refused") else EX_SOFTWARE)
-    )
+    # No daemon, the wrong pid, or no answer in time: all "try later" (75), never 70.
+    return EX_CONFIG if message.startswith("refused") else EX_TEMPFAIL
 
 
 def _stdout_closed() -> int:

@@ -89,3 +89,36 @@ def is_held(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+PROC_LOCKS = Path("/proc/locks")
+
+
+def flock_holders(path: Path, *, table: Path = PROC_LOCKS) -> set[int] | None:
+    """The pids holding an flock on ``path``, from ``/proc/locks``; None if it cannot be read.
+
+    A line reads ``1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF``
+    (major and minor in hex), so a holder is matched by device and inode,
+    never by the lock file's content, which anyone who can write it may forge.
+    """
+    try:
+        st = os.stat(path)
+        text = table.read_text()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    return {pid for pid, where in _flock_lines(text) if where == want}
+
+
+def _flock_lines(text: str) -> list[tuple[int, tuple[int, int, int]]]:
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":  # a blocked waiter's line has "->" there
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            found.append((int(fields[4]), (int(major, 16), int(minor, 16), int(inode))))
+        except ValueError:
+            continue  # not the shape above: skip rather than guess
+    return found

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from anu_watchd.config import Config
-from anu_watchd.locks import is_held, read_holder
+from anu_watchd.locks import flock_holders, is_held, read_holder
 
 POLL_S = 0.02
 
@@ -34,14 +34,37 @@ def _read(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _daemon_pid(lock: Path, pid: int | None) -> tuple[int | None, str]:
+    """The pid to signal: only a process that holds the instance lock as the daemon.
+
+    The lock file's content names the holder, but anyone may write it, so the
+    kernel's lock table must agree that this pid holds the flock (where it
+    can be read); a ``--pid`` that is not that process is never signalled.
+    """
+    holder = read_holder(lock)
+    if not is_held(lock) or holder is None or holder.role != "run":
+        why = f"no daemon runs (the instance lock {lock} is free or held by a one-shot command)"
+        return None, why if pid is None else f"{why}; pid {pid} was not signalled"
+    if pid is not None and pid != holder.pid:
+        return None, (
+            f"no daemon runs as pid {pid}: the instance lock {lock} is held by pid {holder.pid}; "
+            "nothing was signalled"
+        )
+    holders = flock_holders(lock)
+    if holders is not None and holder.pid not in holders:
+        return None, (
+            f"no daemon runs as pid {holder.pid}: it does not hold the instance lock {lock} "
+            "(per /proc/locks); nothing was signalled"
+        )
+    return holder.pid, ""
+
+
 def request_reload(config: Config, *, pid: int | None, timeout_s: float) -> tuple[bool, str]:
     """Signal and wait; ``(True, msg)`` if applied, ``(False, msg)`` otherwise."""
     lock = config.spool.lock_file
-    holder = read_holder(lock)
+    pid, why_not = _daemon_pid(lock, pid)
     if pid is None:
-        if not is_held(lock) or holder is None or holder.role != "run":
-            return False, f"no daemon runs (lock {lock} is free or held by a one-shot command)"
-        pid = holder.pid
+        return False, why_not
     status = reload_status_path(config)
     before = _read(status)
     try:
