@@ -206,6 +206,15 @@ def _discard(tmp: Path) -> None:
         os.unlink(tmp)
 
 
+def failure_text(exc: OSError, op: str) -> str:
+    """``<op>: <path>[ -> <path2>]: <reason>``: what an operator needs from a fatal OSError."""
+    where = "" if exc.filename is None else f"{os.fsdecode(exc.filename)}"
+    if exc.filename2 is not None:
+        where += f" -> {os.fsdecode(exc.filename2)}"
+    reason = exc.strerror or str(exc)
+    return f"{op}: {where}: {reason}" if where else f"{op}: {reason}"
+
+
 def _not_written(path: Path, exc: OSError, what: str) -> NotWrittenError:
     return NotWrittenError(exc.errno, f"{what}: {exc.strerror or exc}", str(path))
 

@@ -623,4 +623,5 @@ async def _durable(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     except (DurabilityError, InputVanishedError):
         raise
     except OSError as exc:  # fsio.WriteError included
-        raise DurabilityError(exc.errno, f"state write failed: {exc.strerror}") from exc
+        op = f"state write failed in {getattr(fn, '__name__', 'a state write')}"
+        raise DurabilityError(exc.errno, fsio.failure_text(exc, op)) from exc

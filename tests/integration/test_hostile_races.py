@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 
 from anu_watchd import fsio
 from anu_watchd.config import load_config
+from anu_watchd.errors import DurabilityError
 from anu_watchd.model import Verdict
 from anu_watchd.runtime import open_pipeline
 from anu_watchd.secret import load_key
@@ -43,3 +45,24 @@ async def test_a_replace_between_lstat_and_open_wakes_the_new_version(
     assert out.sha256 == hashlib.sha256(newer).hexdigest()
     assert len(calls) == 2
     assert spool.quarantined() == []
+
+
+async def test_a_fatal_state_write_names_the_path_and_the_operation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed fsync while quarantining is fatal, and the error says which path and what
+    was being done, not only "Operation not permitted"."""
+    spool = Spool(tmp_path)
+    path = spool.drop("task-2", raw=b"{not json")
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    config = load_config(spool.config)
+    with pytest.raises(DurabilityError) as info:
+        async with open_pipeline(config, load_key(str(spool.key_file))) as pipeline:
+            monkeypatch.setattr(fsio, "fsync", failing_fsync)
+            await pipeline.pickup(path)
+    message = str(info.value)
+    assert "quarantine" in message
+    assert str(spool.events) in message
