@@ -35,6 +35,7 @@ from anu_watchd.markers import TaskFiles, encode_json
 from anu_watchd.model import TASK_ID_RE, Outcome
 from anu_watchd.pipeline import is_enabled
 from anu_watchd.runtime import open_pipeline, rules_for
+from anu_watchd.terminal import shown
 
 EX_OK, EX_USAGE, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 66, 70, 75, 78
 
@@ -52,7 +53,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _say(msg: str) -> None:
-    print(f"anu-watchd: {msg}", file=sys.stderr)
+    print(f"anu-watchd: {shown(msg)}", file=sys.stderr)
 
 
 def _configure_logs(config: Config, key: Any) -> None:
@@ -213,13 +214,13 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 print(json.dumps(attrs.asdict(e)))
             else:
                 fields = (e.name, e.reason or "?", e.ts or "", e.detail or "")
-                print("\t".join(_shown(f) for f in fields))
+                print("\t".join(shown(f) for f in fields))
         return EX_OK
     if not args.name:
         raise UsageError("quarantine release needs NAME (as `quarantine list` shows it)")
     # NAME as listed, or exactly (from --json). Listed forms are one-to-one (a backslash is
     # doubled), but one entry's exact name can be another's listed form: then refuse.
-    named = {e.name for e in entries if args.name in (e.name, _shown(e.name))}
+    named = {e.name for e in entries if args.name in (e.name, shown(e.name))}
     if len(named) > 1:
         raise UsageError(
             f"{args.name!r} is one entry's name and another's listed form; "
@@ -234,17 +235,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.name!r}: the events directory already has that result") from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    print(f"released: {dest}")
+    print(f"released: {shown(str(dest))}")
     return EX_OK
-
-
-def _shown(text: str) -> str:
-    """``text`` for one tab-separated line of a terminal: control characters and ``\\`` escaped."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(
-        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode() for c in text
-    )
 
 
 def cmd_ack(args: argparse.Namespace) -> int:

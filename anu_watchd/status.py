@@ -18,6 +18,7 @@ from anu_watchd.markers import ACKED_SUFFIX, DONE_SUFFIX, FAILED_SUFFIX, FileSta
 from anu_watchd.model import Verdict
 from anu_watchd.pipeline import is_result_name
 from anu_watchd.quarantine import list_quarantined
+from anu_watchd.terminal import shown
 
 LAST_RUNS = 10
 
@@ -83,17 +84,23 @@ def collect(config: Config) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    """Human form of ``collect``'s document."""
+    """Human form of ``collect``'s document; every name from the spool is ``shown`` escaped."""
     lines = [
         "verdicts: " + ", ".join(f"{k}={v}" for k, v in doc["counts"].items()),
         f"pending: {doc['pending']}",
-        f"failed: {len(doc['failed'])} {' '.join(doc['failed'][:20])}".rstrip(),
+        _listed("failed", doc["failed"]),
         f"quarantined: {doc['quarantined']}",
-        f"unacked: {len(doc['unacked'])} {' '.join(doc['unacked'][:20])}".rstrip(),
+        _listed("unacked", doc["unacked"]),
         "last runs:",
     ]
-    lines += [
-        f"  {r.get('ts')} {r.get('task_id')} {r.get('verdict')} {r.get('reason') or ''}".rstrip()
-        for r in doc["last_runs"]
-    ]
+    lines += [_run_line(r) for r in doc["last_runs"]]
     return "\n".join(lines)
+
+
+def _listed(label: str, task_ids: list[str]) -> str:
+    return f"{label}: {len(task_ids)} {' '.join(shown(t) for t in task_ids[:20])}".rstrip()
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    fields = (run.get("ts"), run.get("task_id"), run.get("verdict"), run.get("reason") or "")
+    return "  " + " ".join(shown(str(f)) for f in fields).rstrip()
