@@ -86,6 +86,20 @@ def ensure_dir(path: Path, *, mode: int = 0o750) -> bool:
     return True
 
 
+def check_real_dir(path: Path, op: str) -> None:
+    """Raise StatePathError unless ``path`` is itself a directory: never a symlink to one.
+
+    A state directory swapped for a symlink after start would carry our
+    renames (quarantine moves) elsewhere; the config check refuses it at start.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise StatePathError(path, op, exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(mode):
+        raise StatePathError(path, op, f"it is a {describe_mode(mode)}, not a directory")
+
+
 # -- atomic write ---------------------------------------------------------------
 
 
