@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from anu_watchd import fsio
 from anu_watchd.config import Config
 from anu_watchd.locks import flock_holders, is_held, read_holder
 
 POLL_S = 0.02
+_STATUS_MAX_BYTES = 65_536
 
 
 def reload_status_path(config: Config) -> Path:
@@ -28,7 +30,8 @@ def reload_status_path(config: Config) -> Path:
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads(path.read_bytes())
+        # Non-blocking and never through a symlink: a FIFO planted here must not hang reload.
+        doc = json.loads(fsio.read_state(path, _STATUS_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
