@@ -35,7 +35,7 @@ import attrs
 import structlog
 
 from anu_watchd import fsio
-from anu_watchd.errors import DurabilityError
+from anu_watchd.errors import DurabilityError, StatePathError
 
 _log = structlog.get_logger("anu_watchd.appendlog")
 
@@ -97,7 +97,7 @@ class AppendLog:
     def open(cls, path: Path, *, fail_stop: threading.Event | None = None) -> AppendLog:
         """Open (or create, making its directory entry durable) the log at ``path``."""
         try:
-            fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = fsio.open_state(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, op="create the log")
             created = True
         except FileExistsError:
             fd = _open_existing(path)
@@ -279,7 +279,7 @@ def _cut_torn_tail(path: Path, fd: int) -> int:
 
 
 def _after_last_newline(path: Path, size: int) -> int:
-    with open(path, "rb") as fh:
+    with os.fdopen(fsio.open_state(path, os.O_RDONLY, op="read the log's tail"), "rb") as fh:
         end = size
         while end > 0:
             start = max(0, end - (1 << 16))
@@ -293,7 +293,9 @@ def _after_last_newline(path: Path, size: int) -> int:
 
 def _open_existing(path: Path) -> int:
     try:
-        return os.open(path, _OPEN_FLAGS)
+        return fsio.open_state(path, _OPEN_FLAGS, op="open for appending")
+    except StatePathError:
+        raise
     except OSError as exc:
         raise _error(f"{path}: cannot open for appending: {exc}", exc) from exc
 

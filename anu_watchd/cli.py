@@ -1,7 +1,7 @@
 """Command line: argument parsing, printing and exit codes only; the work is in ``commands``.
 
-Exit codes are ``errors.ExitCode`` (sysexits): 0 ok, 64 usage, 70 fatal
-internal or durability failure, 75 temporary (the instance lock is held),
+Exit codes are ``errors.ExitCode`` (sysexits): 0 ok, 64 usage, 66 no such input file,
+70 fatal internal or durability failure, 75 temporary (the instance lock is held),
 78 configuration.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,12 +26,14 @@ from anu_watchd.errors import (
     DurabilityError,
     ExitCode,
     LockHeldError,
+    NoInputError,
     NotWrittenError,
     OutcomeUnknownError,
     UsageError,
 )
 from anu_watchd.model import Outcome
 from anu_watchd.secret import SealedKey
+from anu_watchd.terminal import shown
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -46,7 +49,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _say(msg: str) -> None:
-    print(f"anu-watchd: {msg}", file=sys.stderr)
+    print(f"anu-watchd: {shown(msg)}", file=sys.stderr)
 
 
 def _key_and_logs(config: Config) -> SealedKey:
@@ -95,6 +98,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_pickup(args: argparse.Namespace) -> int:
     config = _config(args)
     path = Path(args.path)
+    if not os.path.lexists(path):
+        raise NoInputError(f"{path}: no such file")
     runs = commands.pickup(config, _key_and_logs(config), path)
     if not runs.disabled and not runs.outcomes:
         _say(f"{path}: nothing done (driver disabled, not a result name, or vanished)")
@@ -160,7 +165,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if args.action == "release":
         if not args.name:
             raise UsageError("quarantine release needs NAME (as `quarantine list` shows it)")
-        print(f"released: {commands.release(config, args.name)}")
+        print(f"released: {shown(str(commands.release(config, args.name)))}")
         return ExitCode.OK
     for e in commands.quarantined(config):
         if args.json:
@@ -168,7 +173,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             print(json.dumps(attrs.asdict(e)))
         else:
             fields = (e.name, e.reason or "?", e.ts or "", e.detail or "")
-            print("\t".join(commands.shown(f) for f in fields))
+            print("\t".join(shown(f) for f in fields))
     return ExitCode.OK
 
 
@@ -196,6 +201,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from anu_watchd import schemas
 
     sys.stdout.write(schemas.text(args.name))
+    return ExitCode.OK
+
+
+def _stdout_closed() -> int:
+    """stdout's reader went away (``status | head``): that is the reader's choice, exit 0 quietly.
+
+    stdout is pointed at /dev/null so the interpreter's final flush cannot fail again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
     return ExitCode.OK
 
 
@@ -254,7 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.func
     try:
-        return int(handler(args))
+        code = int(handler(args))
+        sys.stdout.flush()  # here, not at exit: a closed stdout is handled below
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except AnuWatchdError as exc:
         code, message = _failure(exc)
         _say(message)
@@ -269,6 +289,8 @@ def _failure(exc: AnuWatchdError) -> tuple[ExitCode, str]:
         return ExitCode.TEMPFAIL, f"another instance is running: {exc}"
     if isinstance(exc, UsageError):
         return ExitCode.USAGE, str(exc)
+    if isinstance(exc, NoInputError):
+        return ExitCode.NOINPUT, str(exc)
     if isinstance(exc, OutcomeUnknownError):
         return ExitCode.TEMPFAIL, f"outcome unknown: {exc}; write the same bytes again (idempotent)"
     if isinstance(exc, DurabilityError | NotWrittenError):

@@ -29,6 +29,7 @@ from anu_watchd.receipts import ReceiptWatch
 from anu_watchd.runtime import open_pipeline, rules_for
 from anu_watchd.secret import SealedKey
 from anu_watchd.spool import TaskFiles, is_enabled
+from anu_watchd.terminal import shown
 
 Work = Callable[[Pipeline], Awaitable[list[Outcome]]]
 
@@ -103,15 +104,6 @@ def emit(config: Config, doc: dict[str, Any]) -> Path:
 
 def quarantined(config: Config) -> list[QuarantineEntry]:
     return quarantine.list_quarantined(config.spool.quarantine_dir)
-
-
-def shown(text: str) -> str:
-    """``text`` for one tab-separated line of a terminal: control characters and ``\\`` escaped."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(
-        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode() for c in text
-    )
 
 
 def release(config: Config, name: str) -> Path:

@@ -9,6 +9,7 @@ Every error names the dotted key path and the reason. Reload builds a new
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -135,6 +136,10 @@ def _strict(kind: type[T], noun: str) -> Callable[[Any, type], T]:
             return float(value)  # type: ignore[return-value]
         if not isinstance(value, kind):
             raise ValueError(f"expected {noun}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has nan and inf literals; every comparison with NaN is False, so a
+            # NaN timeout or backoff would pass `> 0` and then fail or pass at random.
+            raise ValueError(f"expected a finite number, got {value}")
         return value
 
     return hook
@@ -278,4 +283,8 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, base=path.resolve().parent, source=path)
+    config = parse_config(data, base=path.resolve().parent, source=path)
+    from anu_watchd.statepaths import check_state_paths  # it imports this module
+
+    check_state_paths(config.spool)
+    return config

@@ -8,7 +8,8 @@ these are for the exceptional::
     │   └── SecretError        the sealed key file is missing, empty or too open
     ├── LockHeldError          another instance runs; try later, exit 75
     ├── DurabilityError        daemon state could not be made durable: stop, exit 70
-    │   └── LedgerCorruptError a ledger line in the middle does not parse
+    │   ├── LedgerCorruptError a ledger line in the middle does not parse
+    │   └── StatePathError     a state path is a symlink, FIFO, directory...: never opened
     ├── WatchLostError         the watched events directory went away: stop, exit 70
     ├── CheckpointError        a ledger checkpoint cannot be used: parse the whole ledger
     ├── WriteError             the producer's atomic write (fsio) failed
@@ -22,7 +23,8 @@ these are for the exceptional::
     │   └── PermanentWakeError do not retry: FIRE_FAILED
     ├── WakeFailed             retries exhausted or permanent: FIRE_FAILED (wraps a WakeError)
     ├── EnvelopeError          an envelope is contradictory or cannot fit: FIRE_FAILED
-    └── UsageError             the command line is wrong; exit 64
+    ├── UsageError             the command line is wrong; exit 64
+    └── NoInputError           a file the command was given does not exist; exit 66
 
 Error messages never carry the sealed key or a result's content. Every
 process exit code is an ``ExitCode`` (sysexits), defined here and nowhere else.
@@ -44,6 +46,7 @@ class ExitCode(enum.IntEnum):
 
     OK = 0
     USAGE = 64  # EX_USAGE: the command line is wrong
+    NOINPUT = 66  # EX_NOINPUT: a file the command was given does not exist
     SOFTWARE = 70  # EX_SOFTWARE: fatal; a durability failure, a corrupt ledger, the watch lost
     TEMPFAIL = 75  # EX_TEMPFAIL: try again later; the instance lock is held
     CONFIG = 78  # EX_CONFIG: invalid configuration or key file; systemd does not restart
@@ -90,6 +93,14 @@ class WatchLostError(AnuWatchdError):
 
 class CheckpointError(AnuWatchdError, ValueError):
     """The ledger checkpoint cannot be used; the message says why."""
+class StatePathError(DurabilityError):
+    """A state path is not what the daemon keeps there (a symlink, a FIFO, a directory).
+
+    The message names the path and the operation: ``<path>: cannot <op>: <reason>``.
+    """
+
+    def __init__(self, path: object, op: str, reason: str) -> None:
+        super().__init__(f"{path}: cannot {op}: {reason}")
 
 
 class WriteError(AnuWatchdError, OSError):
@@ -126,7 +137,15 @@ class WakeError(AnuWatchdError):
 
 
 class TransientWakeError(WakeError):
-    """Worth retrying: a timeout, a 5xx, EX_TEMPFAIL."""
+    """Worth retrying: a timeout, a 5xx, EX_TEMPFAIL.
+
+    ``retry_after_s``: how long the other side asked us to wait (an HTTP
+    ``Retry-After``), or None; the retry policy bounds it.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PermanentWakeError(WakeError):
@@ -150,3 +169,7 @@ class EnvelopeError(AnuWatchdError, ValueError):
 
 class UsageError(AnuWatchdError):
     """The command line is wrong."""
+
+
+class NoInputError(AnuWatchdError):
+    """A file named on the command line does not exist (EX_NOINPUT)."""

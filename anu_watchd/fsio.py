@@ -42,6 +42,7 @@ from anu_watchd.errors import (
     InputVanishedError,
     NotWrittenError,
     OutcomeUnknownError,
+    StatePathError,
     UnsafeInputError,
 )
 from anu_watchd.model import QuarantineReason
@@ -53,6 +54,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLL
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _AT_FDCWD = -100
+_READ_TRIES = 4  # reads of an input replaced under us before it counts as vanished
 _RENAME_NOREPLACE = 1
 T = TypeVar("T")
 
@@ -86,6 +88,20 @@ def ensure_dir(path: Path, *, mode: int = 0o750) -> bool:
         return False
     _sync_dir_after(path.parent, f"directory {path.name!r}")
     return True
+
+
+def check_real_dir(path: Path, op: str) -> None:
+    """Raise StatePathError unless ``path`` is itself a directory: never a symlink to one.
+
+    A state directory swapped for a symlink after start would carry our
+    renames (quarantine moves) elsewhere; the config check refuses it at start.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise StatePathError(path, op, exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(mode):
+        raise StatePathError(path, op, f"it is a {describe_mode(mode)}, not a directory")
 
 
 # -- atomic write ---------------------------------------------------------------
@@ -208,6 +224,15 @@ def _discard(tmp: Path) -> None:
         os.unlink(tmp)
 
 
+def failure_text(exc: OSError, op: str) -> str:
+    """``<op>: <path>[ -> <path2>]: <reason>``: what an operator needs from a fatal OSError."""
+    where = "" if exc.filename is None else f"{os.fsdecode(exc.filename)}"
+    if exc.filename2 is not None:
+        where += f" -> {os.fsdecode(exc.filename2)}"
+    reason = exc.strerror or str(exc)
+    return f"{op}: {where}: {reason}" if where else f"{op}: {reason}"
+
+
 def _not_written(path: Path, exc: OSError, what: str) -> NotWrittenError:
     return NotWrittenError(exc.errno, f"{what}: {exc.strerror or exc}", str(path))
 
@@ -219,6 +244,50 @@ def _sync_dir_after(directory: Path, what: str) -> None:
     except OSError as exc:
         msg = f"directory fsync failed, {what} may not survive a crash: {exc.strerror or exc}"
         raise OutcomeUnknownError(exc.errno, msg, str(directory)) from exc
+
+
+# -- opening the daemon's own state files ---------------------------------------
+
+_STATE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def open_state(path: Path, flags: int, mode: int = 0o644, *, op: str = "open") -> int:
+    """Open a state file (ledger, evidence log, lock, checkpoint): a regular file, or refuse.
+
+    Never through a symlink (``O_NOFOLLOW``: a planted link must not aim our
+    writes at another file), never blocking (``O_NONBLOCK``: a planted FIFO
+    must not hang the daemon or ``status``), and the opened file must be a
+    regular file. FileNotFoundError and FileExistsError pass through for the
+    caller to create or skip; any other wrong type is a StatePathError naming
+    the path and ``op`` (exit 70; docs/operations.md).
+    """
+    try:
+        fd = os.open(path, flags | _STATE_FLAGS, mode)
+    except (FileNotFoundError, FileExistsError):
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "it is a symlink; state files are never followed"
+            raise StatePathError(path, op, reason) from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise StatePathError(path, op, f"{_kind_at(path)}, not a regular file") from None
+        raise StatePathError(path, op, exc.strerror or str(exc)) from exc
+    try:
+        st_mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st_mode):
+        os.close(fd)
+        raise StatePathError(path, op, f"it is a {describe_mode(st_mode)}, not a regular file")
+    return fd
+
+
+def _kind_at(path: Path) -> str:
+    try:
+        return f"it is a {describe_mode(os.lstat(path).st_mode)}"
+    except OSError:
+        return "it is a special file"
 
 
 # -- defensive read of worker-written input -------------------------------------
@@ -238,7 +307,22 @@ def read_input(path: Path, max_bytes: int) -> InputFile:
     Raises UnsafeInputError (quarantine it), InputVanishedError (ignore it).
     The returned ``st`` predates the read, so if the file changes while it is
     read, a later scan sees a different stamp and runs it again (dedupe-safe).
+
+    A worker's atomic replace (a rename over the path) between our lstat and
+    open, or after the open (the opened inode then has 0 links), is a normal
+    event, not an attack: the path is read again, up to ``_READ_TRIES`` times.
+    A path replaced at every try is reported vanished; the last rename brings
+    its own event (docs/durability.md).
     """
+    for _ in range(_READ_TRIES):
+        got = _read_input_once(path, max_bytes)
+        if got is not None:
+            return got
+    raise InputVanishedError(errno.ENOENT, "replaced at every read", str(path))
+
+
+def _read_input_once(path: Path, max_bytes: int) -> InputFile | None:
+    """One read of the path; None when it was replaced under us (read it again)."""
     try:
         lst = os.lstat(path)
     except FileNotFoundError as exc:
@@ -248,13 +332,21 @@ def read_input(path: Path, max_bytes: int) -> InputFile:
     fd = _open_input(path)
     try:
         st = os.fstat(fd)
-        _check_opened(lst, st, max_bytes)
+        if _replaced(lst, st):
+            return None
+        _check_opened(st, max_bytes)
         data = _read_at_most(fd, max_bytes + 1)
     finally:
         os.close(fd)
     if len(data) > max_bytes:
         raise UnsafeInputError(QuarantineReason.OVERSIZE, f"grew past {max_bytes} bytes")
     return InputFile(data, st)
+
+
+def _replaced(lst: os.stat_result, st: os.stat_result) -> bool:
+    """The opened file is not the one lstat saw, or was unlinked since: a replace, not an attack."""
+    moved = (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino)
+    return moved or (stat.S_ISREG(st.st_mode) and st.st_nlink == 0)
 
 
 def read_state(path: Path, max_bytes: int, *, follow: bool = False) -> bytes:
@@ -289,12 +381,10 @@ def _open_input(path: Path) -> int:
         raise
 
 
-def _check_opened(lst: os.stat_result, st: os.stat_result, max_bytes: int) -> None:
-    """What was opened must be what was checked: same regular file, one link, small."""
+def _check_opened(st: os.stat_result, max_bytes: int) -> None:
+    """What was opened is the file lstat saw: it must be regular, have one link, be small."""
     if not stat.S_ISREG(st.st_mode):
         raise _not_regular(f"not a regular file: {describe_mode(st.st_mode)}")
-    if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
-        raise _not_regular("replaced between lstat and open")
     if st.st_nlink != 1:
         raise _not_regular(f"{st.st_nlink} hard links")
     if st.st_size > max_bytes:
@@ -483,7 +573,8 @@ async def durable(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     except (DurabilityError, InputVanishedError):
         raise
     except OSError as exc:  # WriteError included
-        raise DurabilityError(exc.errno, f"state write failed: {exc.strerror}") from exc
+        op = f"state write failed in {getattr(fn, '__name__', 'a state write')}"
+        raise DurabilityError(exc.errno, failure_text(exc, op)) from exc
 
 
 def cut_to(fd: int, size: int) -> None:

@@ -295,7 +295,7 @@ def _sync(path: Path, fd: int) -> None:
 def _truncate(path: Path, size: int) -> None:
     """Cut the file to ``size`` bytes, durably; safe only for the single writer."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = fsio.open_state(path, os.O_WRONLY, op="truncate the ledger's torn tail")
         try:
             fsio.cut_to(fd, size)
         finally:
@@ -368,7 +368,8 @@ class Ledger:
         ``fail_stop``: shared with the daemon's other writers (see ``AppendLog``).
         """
         try:
-            with open(path, "rb", buffering=0) as fh:
+            fd = fsio.open_state(path, os.O_RDONLY, op="read the ledger")
+            with os.fdopen(fd, "rb", buffering=0) as fh:
                 loader, covered = _start(path, fh)
                 torn = _load(loader, fh)
                 if not torn:  # else the truncation's fsync below does it
@@ -513,7 +514,7 @@ class Ledger:
     def _covered(self) -> ledgerindex.Covered | None:
         """What a checkpoint written now covers, or None if none is due."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = fsio.open_state(self.path, os.O_RDONLY, op="checkpoint the ledger")
         except FileNotFoundError:
             return None
         try:
@@ -552,7 +553,7 @@ class Ledger:
     def _read(self, offset: int) -> LedgerEntry:
         try:
             if self._rfd is None:
-                self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._rfd = fsio.open_state(self.path, os.O_RDONLY, op="read the ledger")
             return _reread(_read_line(self._rfd, offset))
         except OSError as exc:
             raise DurabilityError(f"{self.path}: cannot read the ledger: {exc}") from exc

@@ -338,7 +338,7 @@ def load(path: Path, ledger_fd: int, schema: bytes) -> Index:
     for other bytes than the ledger now holds.
     """
     ledger_size = os.fstat(ledger_fd).st_size
-    with open(path, "rb") as fh:
+    with os.fdopen(fsio.open_state(path, os.O_RDONLY, op="read the checkpoint"), "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size > ledger_size + _SLACK:
             raise CheckpointError(f"{size} bytes, more than its {ledger_size}-byte ledger")

@@ -17,7 +17,10 @@ from types import TracebackType
 
 import attrs
 
+from anu_watchd import fsio
 from anu_watchd.errors import LockHeldError
+
+_HOLDER_MAX_BYTES = 4096
 
 
 @attrs.frozen
@@ -36,7 +39,8 @@ class InstanceLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Never through a planted symlink: the pid written below would overwrite its target.
+        fd = fsio.open_state(self.path, os.O_RDWR | os.O_CREAT, op="take the instance lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,7 +70,7 @@ class InstanceLock:
 def read_holder(path: Path) -> Holder | None:
     """Who holds (or last held) the lock, from its content; None if unknown."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(fsio.read_state(path, _HOLDER_MAX_BYTES))
         return Holder(pid=int(doc["pid"]), role=str(doc["role"]))
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
@@ -75,7 +79,7 @@ def read_holder(path: Path) -> Holder | None:
 def is_held(path: Path) -> bool:
     """True while some process holds the lock (probed without keeping it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = fsio.open_state(path, os.O_RDONLY, op="probe the instance lock")
     except FileNotFoundError:
         return False
     try:
@@ -85,3 +89,36 @@ def is_held(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+PROC_LOCKS = Path("/proc/locks")
+
+
+def flock_holders(path: Path, *, table: Path = PROC_LOCKS) -> set[int] | None:
+    """The pids holding an flock on ``path``, from ``/proc/locks``; None if it cannot be read.
+
+    A line reads ``1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF``
+    (major and minor in hex), so a holder is matched by device and inode,
+    never by the lock file's content, which anyone who can write it may forge.
+    """
+    try:
+        st = os.stat(path)
+        text = table.read_text()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    return {pid for pid, where in _flock_lines(text) if where == want}
+
+
+def _flock_lines(text: str) -> list[tuple[int, tuple[int, int, int]]]:
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":  # a blocked waiter's line has "->" there
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            found.append((int(fields[4]), (int(major, 16), int(minor, 16), int(inode))))
+        except ValueError:
+            continue  # not the shape above: skip rather than guess
+    return found

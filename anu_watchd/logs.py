@@ -36,6 +36,7 @@ from structlog.typing import Processor
 
 from anu_watchd.errors import ConfigError
 from anu_watchd.secret import SealedKey, redact_processor
+from anu_watchd.terminal import console_processor
 
 JOURNAL_ENV = "JOURNAL_STREAM"
 
@@ -117,6 +118,7 @@ def _render(fmt: str, key: SealedKey | None, *, colors: bool) -> list[Processor]
         return [
             structlog.processors.format_exc_info,
             redact,
+            console_processor,  # a hostile file name must not drive the terminal
             structlog.dev.ConsoleRenderer(colors=colors),
         ]
     raise ConfigError("log.format", f"unknown format {fmt!r}")

@@ -122,5 +122,5 @@ def _fatal(exc: BaseException) -> DurabilityError:
     if isinstance(exc, DurabilityError):
         return exc
     if isinstance(exc, OSError):
-        return DurabilityError(exc.errno, f"state write failed: {exc.strerror}")
+        return DurabilityError(exc.errno, fsio.failure_text(exc, "state write failed: projection"))
     return DurabilityError(f"state write failed: {exc!r}")

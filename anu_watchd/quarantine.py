@@ -55,6 +55,7 @@ def quarantine(
     the move or the sidecar is not durable.
     """
     fsio.ensure_dir(qdir)
+    fsio.check_real_dir(qdir, "quarantine into it")
     stamp = now.astimezone(UTC).strftime(_STAMP_FORMAT)
     dest = _move_in(path, qdir, stamp, as_name or path.name)
     original = (

@@ -16,7 +16,7 @@ from typing import Any
 from anu_watchd import fsio
 from anu_watchd.config import Config
 from anu_watchd.errors import ExitCode
-from anu_watchd.locks import is_held, read_holder
+from anu_watchd.locks import flock_holders, is_held, read_holder
 
 POLL_S = 0.02
 # The daemon's answer is one short line; anything longer is not its answer.
@@ -30,23 +30,45 @@ def reload_status_path(config: Config) -> Path:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    # Non-blocking and never through a symlink: a FIFO planted here must not hang reload.
     return fsio.read_json_object(path, _STATUS_MAX_BYTES)
+
+
+def _daemon_pid(lock: Path, pid: int | None) -> tuple[int | None, str]:
+    """The pid to signal: only a process that holds the instance lock as the daemon.
+
+    The lock file's content names the holder, but anyone may write it, so the
+    kernel's lock table must agree that this pid holds the flock (where it
+    can be read); a ``--pid`` that is not that process is never signalled.
+    """
+    holder = read_holder(lock)
+    if not is_held(lock) or holder is None or holder.role != "run":
+        why = f"no daemon runs (the instance lock {lock} is free or held by a one-shot command)"
+        return None, why if pid is None else f"{why}; pid {pid} was not signalled"
+    if pid is not None and pid != holder.pid:
+        return None, (
+            f"no daemon runs as pid {pid}: the instance lock {lock} is held by pid {holder.pid}; "
+            "nothing was signalled"
+        )
+    holders = flock_holders(lock)
+    if holders is not None and holder.pid not in holders:
+        return None, (
+            f"no daemon runs as pid {holder.pid}: it does not hold the instance lock {lock} "
+            "(per /proc/locks); nothing was signalled"
+        )
+    return holder.pid, ""
 
 
 def request_reload(config: Config, *, pid: int | None, timeout_s: float) -> tuple[ExitCode, str]:
     """Signal and wait; ``(ExitCode.OK, msg)`` if applied, else the code that says why.
 
-    TEMPFAIL: no daemon runs; CONFIG: it refused the new config; SOFTWARE: no answer.
+    TEMPFAIL: no daemon runs, or it did not answer in time; CONFIG: it refused the
+    new config.
     """
     lock = config.spool.lock_file
-    holder = read_holder(lock)
+    pid, why_not = _daemon_pid(lock, pid)
     if pid is None:
-        if not is_held(lock) or holder is None or holder.role != "run":
-            return (
-                ExitCode.TEMPFAIL,
-                f"no daemon runs (lock {lock} is free or held by a one-shot command)",
-            )
-        pid = holder.pid
+        return ExitCode.TEMPFAIL, why_not
     status = reload_status_path(config)
     before = _read(status)
     try:
@@ -61,4 +83,4 @@ def request_reload(config: Config, *, pid: int | None, timeout_s: float) -> tupl
                 return ExitCode.OK, f"reloaded: pid {pid} applied {config.source}"
             return ExitCode.CONFIG, f"refused: {doc.get('reason')}"
         time.sleep(POLL_S)  # polling a file with a deadline; the daemon answers by writing it
-    return ExitCode.SOFTWARE, f"timed out: pid {pid} did not answer within {timeout_s:g} s"
+    return ExitCode.TEMPFAIL, f"timed out: pid {pid} did not answer within {timeout_s:g} s"

@@ -238,6 +238,56 @@ def redact_processor(key: SealedKey | None) -> Processor:
     return redact
 
 
+def redact_text(text: str, key: SealedKey | None) -> str:
+    """``text`` with the key, in any form an escaper gives it, replaced by ``[REDACTED]``.
+
+    The one redaction every string from outside (sink output, HTTP bodies,
+    schedule ids, error text) passes before it reaches a file or a log line.
+    """
+    if key is None or not key.value:
+        return text
+    return _Redactor(key.value).text(text)
+
+
+def holds_key(text: str, key: SealedKey | None) -> bool:
+    """True when ``text`` holds the key in any form an escaper gives it."""
+    return redact_text(text, key) != text
+
+
+def redact_cut(text: str, key: SealedKey | None, *, head: bool, tail: bool) -> str:
+    """Redact ``text``, a piece cut out of a longer output, so no part of the key survives.
+
+    After the whole key is replaced, a cut may still have split one: the part
+    before a cut at the end is a prefix of the key, the part after a cut at the
+    start a suffix. So a ``tail`` cut also replaces the longest prefix of the
+    key the text ends with, and a ``head`` cut the longest suffix it starts
+    with (even one character: a false match costs a character, a miss a leak).
+    """
+    if key is None or not key.value:
+        return text
+    text = redact_text(text, key)
+    for needle in _needles(key.value):
+        if tail:
+            text = _scrub_tail(text, needle)
+        if head:
+            text = _scrub_head(text, needle)
+    return text
+
+
+def _scrub_tail(text: str, needle: str) -> str:
+    for k in range(min(len(needle) - 1, len(text)), 0, -1):
+        if text.endswith(needle[:k]):
+            return text[:-k] + REDACTED
+    return text
+
+
+def _scrub_head(text: str, needle: str) -> str:
+    for k in range(min(len(needle) - 1, len(text)), 0, -1):
+        if text.startswith(needle[-k:]):
+            return REDACTED + text[k:]
+    return text
+
+
 def _passthrough(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Any:
     return event_dict
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from anu_watchd import markers
+from anu_watchd import fsio, markers
 from anu_watchd.config import Config
 from anu_watchd.model import Verdict
 from anu_watchd.quarantine import list_quarantined
@@ -25,6 +25,7 @@ from anu_watchd.spool import (
     TaskFiles,
     is_result_name,
 )
+from anu_watchd.terminal import shown
 
 LAST_RUNS = 10
 
@@ -37,7 +38,7 @@ def _evidence(path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
     counts: collections.Counter[str] = collections.Counter()
     last: collections.deque[dict[str, Any]] = collections.deque(maxlen=LAST_RUNS)
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(fsio.open_state(path, os.O_RDONLY, op="read the evidence log"), "rb") as fh:
             for raw in fh:
                 try:
                     line = json.loads(raw)
@@ -90,17 +91,23 @@ def collect(config: Config) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    """Human form of ``collect``'s document."""
+    """Human form of ``collect``'s document; every name from the spool is ``shown`` escaped."""
     lines = [
         "verdicts: " + ", ".join(f"{k}={v}" for k, v in doc["counts"].items()),
         f"pending: {doc['pending']}",
-        f"failed: {len(doc['failed'])} {' '.join(doc['failed'][:20])}".rstrip(),
+        _listed("failed", doc["failed"]),
         f"quarantined: {doc['quarantined']}",
-        f"unacked: {len(doc['unacked'])} {' '.join(doc['unacked'][:20])}".rstrip(),
+        _listed("unacked", doc["unacked"]),
         "last runs:",
     ]
-    lines += [
-        f"  {r.get('ts')} {r.get('task_id')} {r.get('verdict')} {r.get('reason') or ''}".rstrip()
-        for r in doc["last_runs"]
-    ]
+    lines += [_run_line(r) for r in doc["last_runs"]]
     return "\n".join(lines)
+
+
+def _listed(label: str, task_ids: list[str]) -> str:
+    return f"{label}: {len(task_ids)} {' '.join(shown(t) for t in task_ids[:20])}".rstrip()
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    fields = (run.get("ts"), run.get("task_id"), run.get("verdict"), run.get("reason") or "")
+    return "  " + " ".join(shown(str(f)) for f in fields).rstrip()

@@ -88,6 +88,9 @@ elif mode == "fail":
 elif mode == "leak-key":
     print("bad key: " + Path(os.environ["ANU_WATCHD_KEY_FILE"]).read_text(), file=sys.stderr)
     sys.exit(3)
+elif mode == "id-key":
+    key = Path(os.environ["ANU_WATCHD_KEY_FILE"]).read_text().strip()
+    print(json.dumps({"schedule_id": "sched-" + key}))
 elif mode == "hang":
     while True:
         time.sleep(60)
@@ -107,7 +110,8 @@ def write_recording_sink(dir: Path, *, behaviour: str) -> list[str]:
     ``grandchild_pid``), then behaves per ``dir/sink.mode``, re-read on every
     call: "ok" prints ``{"schedule_id": "S-<n>"}``; "ok-line" prints a bare
     ``S-<n>`` line; "no-id" prints nothing; "tempfail" exits 75; "fail" and
-    "leak-key" (echoes the key file to stderr) exit 3; "hang" sleeps forever
+    "leak-key" (echoes the key file to stderr) exit 3; "id-key" answers a
+    schedule id holding the key; "hang" sleeps forever
     with a grandchild; "signal" SIGKILLs itself; "tempfail-then-ok:<k>" exits
     75 for calls 1..k, then behaves as "ok"; "slow:<ms>" lasts that long, then
     behaves as "ok" (see ``call_spans``).

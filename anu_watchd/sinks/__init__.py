@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from anu_watchd.errors import ConfigError, SecretError
-from anu_watchd.sinks.base import RetryPolicy, Sink, WakeFailed, register_with_retries
+from anu_watchd.sinks.base import RedactedSink, RetryPolicy, Sink, WakeFailed, register_with_retries
 from anu_watchd.sinks.log import LogSink
 
 if TYPE_CHECKING:
@@ -16,7 +16,12 @@ __all__ = ["RetryPolicy", "Sink", "WakeFailed", "build_sink", "register_with_ret
 
 
 def build_sink(config: Config, key: SealedKey | None) -> Sink:
-    """The sink the config names."""
+    """The sink the config names; with a key, every answer passes its redaction."""
+    sink = _build(config, key)
+    return sink if key is None else RedactedSink(sink, key)
+
+
+def _build(config: Config, key: SealedKey | None) -> Sink:
     wake = config.wake
     if wake.sink == "exec":
         from anu_watchd.sinks.exec import ExecSink

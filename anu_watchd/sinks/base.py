@@ -18,6 +18,7 @@ import tenacity
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
 from anu_watchd.errors import WakeFailed as WakeFailed  # its home is errors; kept importable here
+from anu_watchd.secret import SealedKey, holds_key, redact_text
 
 
 class Sink(Protocol):
@@ -38,6 +39,52 @@ class Sink(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class RedactedSink:
+    """A sink whose answers pass the key's redaction before anything records them.
+
+    Whatever a sink hands back comes from outside (a command's output, an
+    HTTP body) and ends up in the ledger, markers, envelope and evidence, so
+    error text is redacted here, once for every sink, and a schedule id
+    holding the key is refused as a permanent error (docs/durability.md).
+    """
+
+    def __init__(self, inner: Sink, key: SealedKey) -> None:
+        self._inner = inner
+        self._key = key
+
+    @property
+    def delivery_method(self) -> str:
+        return self._inner.delivery_method
+
+    @property
+    def supports_update(self) -> bool:
+        return self._inner.supports_update
+
+    async def register(self, envelope: bytes, *, idempotency_key: str) -> str:
+        try:
+            schedule_id = await self._inner.register(envelope, idempotency_key=idempotency_key)
+        except WakeError as exc:
+            raise self._redacted(exc) from None
+        if holds_key(schedule_id, self._key):
+            raise PermanentWakeError("the sink answered a schedule id that holds the sealed key")
+        return schedule_id
+
+    async def update(self, envelope: bytes, *, idempotency_key: str) -> None:
+        try:
+            await self._inner.update(envelope, idempotency_key=idempotency_key)
+        except WakeError as exc:
+            raise self._redacted(exc) from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def _redacted(self, exc: WakeError) -> WakeError:
+        # Same type and attributes (a Retry-After, say); only the text is redacted.
+        exc.args = (redact_text(str(exc), self._key),)
+        exc.__cause__ = exc.__context__ = None
+        return exc
 
 
 @attrs.frozen
@@ -77,7 +124,7 @@ async def register_with_retries(
         on_retry(1, first)
     # The wait after attempt 1 is what wait_exponential_jitter gives attempt 1.
     jitter = random.uniform(0, policy.initial_s)  # noqa: S311 (spreads retries; not a secret)
-    await sleep(min(policy.max_s, policy.initial_s + jitter))
+    await sleep(_honoured(first, min(policy.max_s, policy.initial_s + jitter), policy.max_s))
     return await _retry_rest(sink, envelope, idempotency_key, policy, sleep, on_retry)
 
 
@@ -102,8 +149,11 @@ async def _retry_rest(
         stop=tenacity.stop_after_attempt(policy.attempts - 1),
         # Jitter up to one initial step: spreads a thundering herd, yet waits never shrink.
         # The multiplier is doubled because tenacity counts from attempt 2 here.
-        wait=tenacity.wait_exponential_jitter(
-            multiplier=2 * policy.initial_s, max=policy.max_s, jitter=policy.initial_s
+        wait=_retry_after_or(
+            tenacity.wait_exponential_jitter(
+                multiplier=2 * policy.initial_s, max=policy.max_s, jitter=policy.initial_s
+            ),
+            policy.max_s,
         ),
         retry=tenacity.retry_if_exception_type(TransientWakeError),
         sleep=sleep,
@@ -118,6 +168,27 @@ async def _retry_rest(
     except WakeError as exc:
         raise WakeFailed(exc, attempts) from exc
     return schedule_id, attempts
+
+
+def _honoured(exc: BaseException | None, backoff_s: float, max_s: float) -> float:
+    """The wait before the next attempt: the server's ``Retry-After`` if it gave one (RFC 9110),
+    never more than ``max_s`` (``wake.backoff_max_s``) and never less than the backoff."""
+    asked = getattr(exc, "retry_after_s", None)
+    if not isinstance(asked, float | int):
+        return backoff_s
+    return min(max_s, max(backoff_s, float(asked)))
+
+
+def _retry_after_or(
+    backoff: Callable[[tenacity.RetryCallState], float], max_s: float
+) -> Callable[[tenacity.RetryCallState], float]:
+    """tenacity's wait, with a ``Retry-After`` from the last error honoured (``_honoured``)."""
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return _honoured(exc, backoff(state), max_s)
+
+    return wait
 
 
 async def _register_once(sink: Sink, envelope: bytes, idempotency_key: str) -> str:

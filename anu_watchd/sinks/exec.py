@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
+from anu_watchd.secret import redact_cut
 from anu_watchd.sinks.spawn import CHILD_PATH as CHILD_PATH  # its home is spawn
 from anu_watchd.sinks.spawn import Child, Finished, clean_env
 
@@ -107,10 +108,18 @@ class ExecSink:
         return done
 
     def _scrub(self, raw: bytes) -> str:
-        text = raw.decode("utf-8", errors="replace").strip()
-        if self._key is not None and self._key.value:
-            text = text.replace(self._key.value, "[REDACTED]")
-        return text[-_STDERR_QUOTE_CHARS:]
+        """The end of stderr, for an error message: redacted, then cut, then its edge redacted.
+
+        Only the first ``_OUTPUT_LIMIT`` bytes are kept, so a key may straddle
+        that cut; the quote is then cut again to its last characters. Neither
+        cut may leave a prefix or suffix of the key behind (``redact_cut``).
+        """
+        cut = len(raw) >= _OUTPUT_LIMIT
+        text = redact_cut(raw.decode("utf-8", errors="replace"), self._key, head=False, tail=cut)
+        text = text.strip()
+        if len(text) <= _STDERR_QUOTE_CHARS:
+            return text
+        return redact_cut(text[-_STDERR_QUOTE_CHARS:], self._key, head=True, tail=False)
 
 
 def _start(argv: tuple[str, ...], env: dict[str, str], envelope: bytes) -> Child:

@@ -19,7 +19,8 @@ How an answer maps to an outcome (redirects are not followed)::
 
     2xx with "schedule_id" or "id"    registered
     2xx without one                   PermanentWakeError
-    429, 5xx, connect error, timeout  TransientWakeError
+    429, 5xx, connect error, timeout  TransientWakeError (a Retry-After on 429/503
+                                      sets the next wait, up to wake.backoff_max_s)
     any other status (3xx, 4xx)       PermanentWakeError
 
 Error messages carry the status and at most 200 characters of the body,
@@ -28,9 +29,11 @@ scrubbed of the key and the signature; never the URL, which may hold a token.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import json
+import time
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -95,11 +98,12 @@ class HttpSink:
                 self._url, data=envelope, headers=headers, allow_redirects=False
             ) as resp:
                 status, body = resp.status, await _read_bounded(resp.content)
+                retry_after = resp.headers.get("Retry-After")
         except TimeoutError:
             raise TransientWakeError(f"HTTP request timed out after {self._timeout_s:g}s") from None
         except aiohttp.ClientError as exc:
             raise _client_error(exc) from None
-        _raise_for_status(status, self._quote(body, signed))
+        _raise_for_status(status, self._quote(body, signed), retry_after_s(retry_after))
         return body
 
     def _quote(self, body: bytes, signed: str) -> str:
@@ -127,13 +131,33 @@ def _client_error(exc: aiohttp.ClientError) -> Exception:
     return TransientWakeError(f"HTTP request failed: {kind}")
 
 
-def _raise_for_status(status: int, quoted: str) -> None:
+def _raise_for_status(status: int, quoted: str, retry_after: float | None) -> None:
     if 200 <= status < 300:
         return
     message = f"HTTP {status}: {quoted}" if quoted else f"HTTP {status}"
-    if status == 429 or status >= 500:
+    if status in (429, 503):
+        # RFC 9110 section 10.2.3: the server says when to come back; the policy bounds it.
+        raise TransientWakeError(message, retry_after_s=retry_after)
+    if status >= 500:
         raise TransientWakeError(message)
     raise PermanentWakeError(message)
+
+
+def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (delay-seconds or an HTTP-date), else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # an HTTP-date is always GMT; a date without a zone is not one
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
 
 
 def schedule_id_from_body(body: bytes) -> str:

@@ -24,16 +24,21 @@ what the job needs::
 - stdout and stderr are read by ``loop.add_reader`` callbacks into buffers that
   keep the first ``limit`` bytes and drain the rest, so a chatty command
   never blocks on a full pipe.
-- Once both outputs have ended, ``waitpid(WNOHANG)`` reaps the child if it has
-  exited; if not yet (its exit is still under way, or it closed them and runs
-  on), its exit is awaited on a pidfd (Linux >= 5.3) registered with
+- Completion is the command's exit, not the end of its outputs: the exit is
+  watched from the start on a pidfd (Linux >= 5.3) registered with
   ``loop.add_reader``, or where there is none by a thread in ``waitid(WNOWAIT)``.
-  No child watcher is involved, and nothing else may reap our children.
+  Once both outputs have ended and it has exited, it is reaped. If it exits
+  while something it started still holds an output open (a background child),
+  what is written is read for ``EXIT_GRACE_S`` more, then the rest of its
+  process group is killed and it is reaped: a handler that exits 0 is done,
+  never "timed out" and retried (docs/operations.md). No child watcher is
+  involved, and nothing else may reap our children.
 
-The child is reaped only after both outputs have ended (or by ``kill``).
-Until then its pid, which is also its process group id, cannot be reused, so
-``kill`` can always signal the whole group safely: a timeout or a
-cancellation also kills what the command left behind holding its pipes.
+The child is reaped only after its process group was sent SIGKILL (or by
+``kill``). Until then its pid, which is also its process group id, cannot be
+reused, so the group can always be signalled safely: a timeout, a
+cancellation or a completed exit also kills what the command left behind in
+its group.
 The callbacks, not the awaiting task, do the reaping and close the fds, so a
 second cancellation during ``kill`` still leaves no zombie and no open fd.
 """
@@ -52,6 +57,8 @@ from collections.abc import Callable, Sequence
 import attrs
 
 _READ_SIZE = 64 * 1024
+EXIT_GRACE_S = 0.25  # reading on after the exit, for output a leftover still holds open
+_GRACE_READS = 16  # reads per output at the end of the grace: a flood cannot keep us there
 # The whole environment of every command the daemon runs (sinks, escalations): nothing is
 # inherited; callers add their own variables to a copy.
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -88,16 +95,20 @@ class Child:
         self._out: dict[int, bytearray] = {fd: bytearray() for fd in outputs}
         self._order = outputs
         self._open = set(outputs)
+        # A command whose output we keep is done at its exit: what its group left running
+        # is killed. One whose output goes to /dev/null (an escalation) keeps its children.
+        self._kill_group_at_exit = bool(outputs)
         self._returncode: int | None = None
         self._watching = False
         self._pidfd: int | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._grace: asyncio.TimerHandle | None = None
         for fd in self._order:
             self._loop.add_reader(fd, self._on_readable, fd)
         if stdin is not None:
             self._loop.add_writer(stdin.fd, self._on_writable)
-        if not self._open:
-            self._reap_or_watch()  # no outputs to wait for: only the exit
+        self._watching = True
+        self._pidfd = _watch_exit(loop, proc.pid, self._on_exit)
 
     @classmethod
     def start(
@@ -112,7 +123,8 @@ class Child:
         """Start ``argv``; raises OSError when it cannot be run (ENOENT, EACCES, ENOEXEC...).
 
         ``keep_output=False`` sends stdout and stderr to /dev/null: ``finished`` then
-        waits for the exit alone, not for what the command left running in the background.
+        waits for the exit alone, and what the command left running in the background
+        is left alone.
         """
         loop = asyncio.get_running_loop()  # before the spawn: never a child nobody watches
         opened: list[int] = []
@@ -185,16 +197,19 @@ class Child:
         except OSError:
             chunk = b""  # treat a broken pipe like its end
         if chunk:
-            kept = self._out[fd]
-            room = self._limit - len(kept)
-            if room > 0:
-                kept += chunk[:room]
+            self._keep(fd, chunk)
             return
         self._loop.remove_reader(fd)
         os.close(fd)
         self._open.discard(fd)
         if not self._open:
             self._reap_or_watch()
+
+    def _keep(self, fd: int, chunk: bytes) -> None:
+        kept = self._out[fd]
+        room = self._limit - len(kept)
+        if room > 0:
+            kept += chunk[:room]
 
     def _on_writable(self) -> None:
         stdin = self._stdin
@@ -209,34 +224,73 @@ class Child:
             self._close_stdin()
 
     def _reap_or_watch(self) -> None:
-        """Reap the child if it has exited; else call back once it has.
-
-        Both outputs end when the child exits, so it has usually exited by now
-        and the pidfd is never needed (an exit caught mid-way costs one watch).
-        """
-        returncode = self._proc.poll()  # waitpid(WNOHANG)
-        if returncode is not None:
-            self._reaped(returncode)
+        """Reap the child if it has exited (its group killed first); else call back once it has."""
+        if self._exited():
+            self._reap()
         elif not self._watching:
             self._watching = True
             self._pidfd = _watch_exit(self._loop, self._proc.pid, self._on_exit)
 
     def _on_exit(self) -> None:
         self._close_pidfd()
+        self._watching = False
         if self._returncode is not None:
             return
-        returncode = self._proc.poll()
-        if returncode is not None:
-            self._reaped(returncode)
-        else:
+        if not self._exited():
             # Kernels before 6.9 could flag a pidfd when the leader thread exited while
             # other threads ran on; waitid waits for the whole process without blocking us.
+            self._watching = True
             _watch_exit(self._loop, self._proc.pid, self._on_exit, use_pidfd=False)
+        elif not self._open:
+            self._reap()
+        elif self._grace is None:
+            # Exited, but something it started holds an output: read on briefly, then end it.
+            self._grace = self._loop.call_later(EXIT_GRACE_S, self._end_grace)
+
+    def _end_grace(self) -> None:
+        self._grace = None
+        if self._returncode is None:
+            self._drain_ready()
+            self._reap()
+
+    def _drain_ready(self) -> None:
+        """Keep what the outputs hold right now, without blocking (a bounded number of reads)."""
+        for fd in list(self._open):
+            for _ in range(_GRACE_READS):
+                if not select.select([fd], [], [], 0)[0]:
+                    break
+                try:
+                    chunk = os.read(fd, _READ_SIZE)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self._keep(fd, chunk)
+
+    def _exited(self) -> bool:
+        """True once the child has exited, leaving it unreaped (its pid still names its group)."""
+        try:
+            found = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # reaped already: poll() below reports it
+        return found is not None
+
+    def _reap(self) -> None:
+        """Kill what is left of its process group (unless told not to), then reap the child."""
+        if self._kill_group_at_exit:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self._close_io()
+        returncode = self._proc.poll()
+        self._reaped(returncode if returncode is not None else self._proc.wait())
 
     def _reaped(self, returncode: int) -> None:
         self._returncode = returncode
         self._close_io()
         self._close_pidfd()
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 

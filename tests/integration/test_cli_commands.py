@@ -212,3 +212,49 @@ def test_key_file_open_to_others_is_refused(spool: Spool) -> None:
     res = spool.cli("scan", "--once")
     assert res.returncode == 78
     assert spool.key not in res.stderr
+
+
+def test_pickup_of_a_nonexistent_file_exits_66_naming_the_path(spool: Spool) -> None:
+    """pickup of a path that does not exist is EX_NOINPUT (66) with the path, not a silent 0."""
+    missing = spool.events / "task-404.result.json"
+    res = spool.cli("pickup", str(missing))
+    assert res.returncode == 66, res.stderr
+    assert str(missing) in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+HOSTILE = "task-1\x1b]0;pwned\x07\x1b[2J"
+
+
+def test_quarantine_release_escapes_the_name_it_echoes(spool: Spool) -> None:
+    """``quarantine release`` prints the released path escaped, as ``quarantine list`` does."""
+    (spool.events / f"{HOSTILE}.result.json").write_text(json.dumps(valid_doc("task-1")))
+    spool.cli("scan", "--once")
+    shown = spool.cli("quarantine", "list").stdout.split("\t")[0]
+    res = spool.cli("quarantine", "release", shown)
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stdout and "\x07" not in res.stdout
+    assert "\\x1b]0;pwned\\x07" in res.stdout
+
+
+def test_status_escapes_hostile_task_ids(spool: Spool) -> None:
+    """``status`` shows failed and unacked task ids and last runs with control characters
+    escaped: a planted name cannot retitle or clear the operator's terminal."""
+    for suffix in (".pickup.failed", ".pickup.done"):
+        (spool.events / f"{HOSTILE}{suffix}").write_text("{}")
+    (spool.events / f"{HOSTILE}.result.json").write_text(json.dumps(valid_doc("task-1")))
+    spool.cli("scan", "--once")
+    res = spool.cli("status")
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stdout and "\x07" not in res.stdout
+    assert res.stdout.count("\\x1b]0;pwned\\x07") >= 2
+
+
+def test_console_log_format_escapes_hostile_paths(spool: Spool) -> None:
+    """With ``log.format = "console"`` a hostile file name reaches stderr escaped."""
+    spool.config.write_text(spool.config.read_text() + 'format = "console"\n')
+    (spool.events / f"{HOSTILE}.result.json").write_text(json.dumps(valid_doc("task-1")))
+    res = spool.cli("scan", "--once")
+    assert res.returncode == 0, res.stderr
+    assert "pwned" in res.stderr
+    assert "\x1b" not in res.stderr and "\x07" not in res.stderr

@@ -249,3 +249,23 @@ async def test_nats_wakes_leak_neither_the_key_nor_the_nats_credentials(tmp_path
     assert [json.loads(c["stdin"])["task_id"] for c in read_sink_calls(escalate)] == [
         "task-refused"
     ]
+
+
+def test_a_schedule_id_holding_the_key_is_refused_and_written_nowhere(tmp_path: Path) -> None:
+    """An exec or HTTP sink answering ``sched-<key>`` fails the wake; no file holds the key."""
+    spool = Spool(tmp_path)
+    out = Captured(spool)
+    exec_wake(spool, behaviour="id-key", attempts=1)
+    spool.drop("task-exec-id")
+    assert out.scan() == {"task-exec-id": "FIRE_FAILED"}
+    echo = Reply(200, {"schedule_id": f"sched-{spool.key}"})
+    with TestHttpServer(key=spool.key, replies=[echo]) as server:
+        http_wake(spool, server.url, attempts=1)
+        spool.drop("task-http-id")
+        assert out.scan() == {"task-http-id": "FIRE_FAILED"}
+    unexpected = files_holding(spool.root, spool.key.encode()) - {spool.key_file}
+    assert not unexpected, sorted(str(p.relative_to(spool.root)) for p in unexpected)
+    for text in out.texts:
+        assert spool.key not in text
+    failed = spool.marker("task-http-id", ".pickup.failed")
+    assert failed is not None and "holds the sealed key" in failed["error"]

@@ -301,3 +301,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_an_evidence_log_planted_as_a_symlink_or_fifo_is_refused(tmp_path: Path, kind: str) -> None:
+    """Opening the log never appends through a symlink nor blocks on a FIFO: it is refused."""
+    from anu_watchd.errors import StatePathError
+
+    path, target = tmp_path / "evidence.jsonl", tmp_path / "target"
+    target.write_text("kept\n")
+    if kind == "symlink":
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    with pytest.raises(StatePathError, match=f"{path}: cannot "):
+        AppendLog.open(path)
+    assert target.read_text() == "kept\n"

@@ -99,3 +99,28 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.drain_timeout_s = 1.0  # type: ignore[misc]
+
+
+_FLOAT_KEYS = [
+    ("", "drain_timeout_s"),
+    ("", "rescan_interval_s"),
+    ("wake", "backoff_initial_s"),
+    ("wake", "backoff_max_s"),
+    ("wake", "timeout_s"),
+    ("wake", "receipt_ttl_s"),
+]
+
+
+@pytest.mark.parametrize("literal", ["nan", "inf", "-inf", "+nan"])
+@pytest.mark.parametrize(("table", "name"), _FLOAT_KEYS)
+def test_nan_or_infinity_in_a_float_key_is_refused(
+    tmp_path: Path, table: str, name: str, literal: str
+) -> None:
+    """A NaN or infinite value for any float key is a configuration error naming the key."""
+    path = tmp_path / "c.toml"
+    body = f"{name} = {literal}\n"
+    path.write_text(f"[{table}]\n{body}" if table else body)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{'.'.join(p for p in (table, name) if p)}: ")
+    assert "finite" in str(info.value)

@@ -518,3 +518,60 @@ def test_read_state_follows_a_symlink_only_when_asked(tmp_path: Path) -> None:
     (tmp_path / "to-fifo").symlink_to(tmp_path / "fifo")
     with pytest.raises(OSError, match="not a regular file"):
         fsio.read_state(tmp_path / "to-fifo", 64, follow=True)
+
+
+def _replace_once(path: Path, data: bytes, *, after_open: bool) -> Callable[[Path], int]:
+    """An ``_open_input`` that, on its first call only, renames a new version over ``path``."""
+    real = fsio._open_input
+    calls: list[Path] = []
+
+    def open_input(p: Path) -> int:
+        calls.append(p)
+        first = len(calls) == 1
+        if first and not after_open:
+            _rename_over(path, data)
+        fd = real(p)
+        if first and after_open:
+            _rename_over(path, data)
+        return fd
+
+    return open_input
+
+
+def _rename_over(path: Path, data: bytes) -> None:
+    tmp = path.with_name(".new-" + path.name)
+    tmp.write_bytes(data)
+    os.rename(tmp, path)
+
+
+@pytest.mark.parametrize("after_open", [False, True], ids=["before-open", "after-open"])
+def test_an_atomic_replace_under_the_reader_is_read_again_not_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after_open: bool
+) -> None:
+    """A rename over the input between lstat and open (or leaving the opened inode 0 links)
+    makes the reader read the path again and return the new version, never refuse it."""
+    path = tmp_path / "task-1.result.json"
+    path.write_bytes(b"old")
+    monkeypatch.setattr(fsio, "_open_input", _replace_once(path, b"new", after_open=after_open))
+    got = fsio.read_input(path, 1024)
+    assert got.data == b"new"
+    assert got.st.st_ino == os.stat(path).st_ino
+
+
+def test_an_input_replaced_at_every_read_is_vanished_not_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename storm that outlasts every re-read ends as a vanished input (its last rename
+    brings its own event), never as a quarantine of the replacement."""
+    path = tmp_path / "task-1.result.json"
+    path.write_bytes(b"v0")
+    real = fsio._open_input
+
+    def always_replaced(p: Path) -> int:
+        _rename_over(path, b"v")
+        return real(p)
+
+    monkeypatch.setattr(fsio, "_open_input", always_replaced)
+    with pytest.raises(InputVanishedError):
+        fsio.read_input(path, 1024)
+    assert path.read_bytes() == b"v"

@@ -418,3 +418,20 @@ def test_the_fast_parser_accepts_the_daemon_own_lines() -> None:
     """Lines this daemon writes take the fast path, with or without a schedule id."""
     for e in (entry(), entry(state=DONE, attempt=3, schedule_id="sched-9")):
         assert ledger._canonical(line(e)[:-1]) is not None
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_ledger_planted_as_a_symlink_or_fifo_is_refused_not_followed_or_hung(
+    tmp_path: Path, kind: str
+) -> None:
+    """Recovery refuses a symlinked or FIFO ledger, naming the path, instead of hanging."""
+    from anu_watchd.errors import StatePathError
+
+    path, target = tmp_path / "ledger.jsonl", tmp_path / "target"
+    target.write_text("")
+    if kind == "symlink":
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    with pytest.raises(StatePathError, match=f"{path}: cannot read the ledger"):
+        Ledger.open(path)

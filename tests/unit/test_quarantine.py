@@ -265,3 +265,18 @@ def test_release_ignores_a_sidecar_that_disagrees_with_the_entry_name(spool: Spo
     quarantine.sidecar_path(dest).write_text(json.dumps(doc))
     released = quarantine.release(spool.qdir, dest.name, spool.events)
     assert released == spool.events / "task-1.result.json"
+
+
+def test_a_quarantine_dir_swapped_for_a_symlink_is_refused_not_followed(tmp_path: Path) -> None:
+    """A quarantine dir replaced by a symlink after start is a fatal error naming it; nothing
+    is moved through the link."""
+    from anu_watchd.errors import StatePathError
+
+    elsewhere, qdir = tmp_path / "elsewhere", tmp_path / "q"
+    elsewhere.mkdir()
+    qdir.symlink_to(elsewhere)
+    bad = tmp_path / "task-1.result.json"
+    bad.write_text("{")
+    with pytest.raises(StatePathError, match="q: cannot quarantine into it: it is a symlink"):
+        quarantine.quarantine(bad, qdir, QuarantineReason.INVALID_JSON, "x", now=NOW)
+    assert bad.exists() and list(elsewhere.iterdir()) == []

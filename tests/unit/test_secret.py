@@ -18,6 +18,7 @@ from anu_watchd.secret import (
     SealedKey,
     generate_key_file,
     load_key,
+    redact_cut,
     redact_processor,
 )
 
@@ -270,3 +271,12 @@ def test_a_short_key_is_refused_without_showing_it(tmp_path: Path) -> None:
     assert "14 characters" in str(err) and short not in str(err)
     write_key(tmp_path / "k16", secrets.token_hex(8))
     assert len(load_key(str(tmp_path / "k16"), environ={}).value) == 16
+
+
+def test_redact_cut_leaves_no_prefix_or_suffix_at_a_cut_edge(tmp_path: Path) -> None:
+    """A key split by a cut at either end of a piece loses its surviving part too."""
+    value = secrets.token_hex(16)
+    sealed = SealedKey(path=tmp_path / "k", value=value)
+    assert redact_cut("abc " + value[:10], sealed, head=False, tail=True) == "abc [REDACTED]"
+    assert redact_cut(value[-10:] + " abc", sealed, head=True, tail=False) == "[REDACTED] abc"
+    assert redact_cut("x" + value + "y", sealed, head=False, tail=False) == "x[REDACTED]y"

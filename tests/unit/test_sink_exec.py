@@ -293,3 +293,41 @@ def test_unusable_stdout_is_permanent(stdout: bytes) -> None:
     """No id, a JSON object without a usable schedule_id, or an over-long id is permanent."""
     with pytest.raises(PermanentWakeError):
         schedule_id_from_stdout(stdout, program="cmd")
+
+
+# A command that prints stderr so the sealed key straddles the 64 KiB cut of its output.
+_STRADDLE = (
+    "import os, sys\n"
+    "key = open(os.environ['ANU_WATCHD_KEY_FILE']).read().strip()\n"
+    "sys.stderr.write('e' * (64 * 1024 - len(key) // 2) + key + 'tail')\n"
+    "sys.exit(3)\n"
+)
+
+
+async def test_key_straddling_the_stderr_cut_leaves_no_prefix(key: SealedKey) -> None:
+    """A key cut in half by the stderr limit leaves no part of itself in the error."""
+    sink = ExecSink([sys.executable, "-c", _STRADDLE], [], key_file=key.path, timeout_s=10, key=key)
+    with pytest.raises(PermanentWakeError) as info:
+        await sink.register(ENVELOPE, idempotency_key=IK)
+    message = str(info.value)
+    assert key.value[: len(key.value) // 2] not in message
+    assert key.value[:4] not in message.rsplit("e", 1)[-1]
+
+
+# Exits 0 with an id but leaves a background child holding stdout (and stderr) open.
+_BACKGROUND = (
+    "import subprocess, sys\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+    "print('{\"schedule_id\": \"S-bg\"}', flush=True)\n"
+)
+
+
+async def test_a_handler_exiting_0_with_a_child_on_stdout_registers_once(key: SealedKey) -> None:
+    """A handler that exits 0 but leaves a child holding stdout is registered at its exit,
+    not timed out (which retried it into three real registrations)."""
+    sink = ExecSink(
+        [sys.executable, "-c", _BACKGROUND], [], key_file=key.path, timeout_s=5, key=key
+    )
+    started = time.monotonic()
+    assert await sink.register(ENVELOPE, idempotency_key=IK) == "S-bg"
+    assert time.monotonic() - started < 4

@@ -218,3 +218,47 @@ def test_unusable_success_body_is_permanent(body: bytes) -> None:
 def test_schedule_id_wins_over_id() -> None:
     """When both fields are present, schedule_id is the one answered."""
     assert schedule_id_from_body(b'{"id": "a", "schedule_id": "b"}') == "b"
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected_s"),
+    [(429, "3", 3.0), (503, "3", 3.0), (429, "3600", 8.0), (503, "nonsense", None)],
+)
+async def test_retry_after_on_429_or_503_is_honoured_up_to_backoff_max(
+    key: SealedKey, status: int, retry_after: str, expected_s: float | None
+) -> None:
+    """A 429 or 503 with ``Retry-After`` waits that long before the next attempt, never
+    longer than ``wake.backoff_max_s``; an unparsable value falls back to the backoff."""
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    busy = Reply(status, headers={"Retry-After": retry_after})
+    with TestHttpServer(key=key.value, replies=[busy, busy, 200]) as server:
+        sink = HttpSink(server.url, key=key, timeout_s=5)
+        try:
+            policy = RetryPolicy(attempts=3, initial_s=0.1, max_s=8.0)
+            got = await register_with_retries(
+                sink, ENVELOPE, idempotency_key=IK, policy=policy, sleep=record
+            )
+        finally:
+            await sink.aclose()
+    assert got[1] == 3
+    if expected_s is None:
+        assert len(waits) == 2 and max(waits) <= 0.5
+    else:
+        assert waits == [expected_s, expected_s]
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    """``Retry-After`` is delay-seconds or an HTTP-date; anything else is no advice."""
+    from anu_watchd.sinks.http import retry_after_s
+
+    now = 1_700_000_000.0
+    assert retry_after_s("120", now=now) == 120.0
+    assert retry_after_s("Tue, 14 Nov 2023 22:13:50 GMT", now=now) == 30.0
+    assert retry_after_s("Tue, 14 Nov 2023 22:00:00 GMT", now=now) == 0.0
+    assert retry_after_s("-5", now=now) is None
+    assert retry_after_s("soon", now=now) is None
+    assert retry_after_s(None, now=now) is None
