@@ -26,8 +26,9 @@ How an answer maps to an outcome (the typing of failures: ``natserrors``)::
     authorization refused, bad credentials
 
 One connection per daemon (per built sink), opened on first use and kept:
-the client reconnects by itself, pausing between attempts; a connect that
-failed is not tried again before a backoff (doubling to ``MAX_CONNECT_PAUSE_S``).
+the client reconnects by itself, to the server tried least after a pause
+doubling with its failures (``reconnect_choice``); a first connect that failed
+is not tried again before a pause doubling to ``MAX_CONNECT_PAUSE_S``.
 ``wake.timeout_s`` bounds one attempt, connect included. The stream check
 (``natsstream``) runs when the sink is built and, if no server answered
 then, again on the first connect. Error text never carries the credentials
@@ -39,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
@@ -56,7 +58,7 @@ from anu_watchd.sinks.natsstream import (
 )
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
+    from nats.aio.client import Client, Server
     from nats.js import JetStreamContext
     from nats.js.api import PubAck
     from nats.js.manager import JetStreamManager
@@ -68,7 +70,8 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("anu_watchd.sinks.nats")
 
 NO_RESPONDERS_PAUSE_S = 0.25  # between publishes while a stream has no leader
-RECONNECT_WAIT_S = 0.5  # the client's pause before it tries a server again
+RECONNECT_WAIT_S = 0.25  # the client's first pause before it tries a server again ...
+MAX_RECONNECT_WAIT_S = 8.0  # ... doubling with that server's failures, to this
 FIRST_CONNECT_PAUSE_S = 0.1
 MAX_CONNECT_PAUSE_S = 5.0
 _ERROR_QUOTE_CHARS = 200
@@ -317,6 +320,7 @@ class NatsSink:
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": RECONNECT_WAIT_S,
+            "reconnect_to_server_handler": reconnect_choice,
             "connect_timeout": max(1, int(self._timeout_s)),
             "tls": self._tls,
             **(self._auth.connect_options() if self._auth is not None else {}),
@@ -375,6 +379,18 @@ class NatsSink:
             )
         else:
             self._log.info("nats_stream_checked", **facts.log_fields())
+
+
+def reconnect_choice(servers: list[Server], _info: dict[str, Any]) -> tuple[Server, float]:
+    """After a disconnect: the server tried least, after a pause that doubles with its failures.
+
+    The pause is ``RECONNECT_WAIT_S * 2**failures`` capped at ``MAX_RECONNECT_WAIT_S``,
+    jittered down to half so that a fleet reconnecting to a restarted node spreads out.
+    A healthy seed (no failures) is tried after at most ``RECONNECT_WAIT_S``.
+    """
+    server = min(servers, key=lambda s: s.reconnects)
+    pause = min(MAX_RECONNECT_WAIT_S, RECONNECT_WAIT_S * 2 ** min(server.reconnects, 8))
+    return server, pause * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
 
 
 def _server_url(nc: Client | None) -> str | None:

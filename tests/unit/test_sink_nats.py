@@ -218,3 +218,21 @@ def test_failures_map_to_transient_or_permanent(exc: Exception, kind: type) -> N
     (10077 reaching classify at all is a 503: the sink answers it before, as registered.)
     """
     assert type(classify(exc, "described")) is kind
+
+
+def test_a_reconnect_tries_the_least_failed_server_after_a_doubling_jittered_pause() -> None:
+    """The seed with the fewest failures first; the pause doubles with them, capped, jittered."""
+    from urllib.parse import urlparse
+
+    from nats.aio.client import Server
+
+    from anu_watchd.sinks.nats import MAX_RECONNECT_WAIT_S, RECONNECT_WAIT_S, reconnect_choice
+
+    down = Server(uri=urlparse("nats://127.0.0.1:1"), reconnects=3)
+    up = Server(uri=urlparse("nats://127.0.0.1:2"), reconnects=0)
+    server, pause = reconnect_choice([down, up], {})
+    assert server is up and RECONNECT_WAIT_S / 2 <= pause <= RECONNECT_WAIT_S
+    server, pause = reconnect_choice([down], {})
+    assert server is down and 4 * RECONNECT_WAIT_S <= pause <= 8 * RECONNECT_WAIT_S
+    _, pause = reconnect_choice([Server(uri=down.uri, reconnects=50)], {})
+    assert MAX_RECONNECT_WAIT_S / 2 <= pause <= MAX_RECONNECT_WAIT_S
