@@ -42,7 +42,7 @@ from anu_watchd.reload import reload_status_path
 from anu_watchd.retry import consume_retry
 from anu_watchd.runtime import ensure_dirs, open_pipeline, rules_for
 from anu_watchd.secret import load_key
-from anu_watchd.sinks import build_sink
+from anu_watchd.sinks import rebuild_sink
 
 _log = structlog.get_logger("anu_watchd.daemon")
 
@@ -374,9 +374,7 @@ class Daemon:
     async def _apply(self, new: Config) -> None:
         old = self.config
         stages = self.pipeline.stages
-        sink = stages.sink
-        if new.wake != old.wake:
-            sink = build_sink(new, self.key)
+        sink = rebuild_sink(stages.sink, old, new, self.key)
         self.pipeline.stages = attrs.evolve(
             stages, config=new, sink=sink, rules=rules_for(new, self.key)
         )

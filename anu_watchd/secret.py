@@ -223,6 +223,11 @@ def redact_processor(key: SealedKey | None) -> Processor:
     return redact
 
 
+def redact_text(text: str, key: SealedKey | None) -> str:
+    """``text`` with the key, raw or as an escaper would write it, replaced by ``[REDACTED]``."""
+    return text if key is None or not key.value else _Redactor(key.value).text(text)
+
+
 def _passthrough(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Any:
     return event_dict
 
