@@ -138,7 +138,8 @@ class CoprocessSink:
             finally:
                 self._busy -= 1
         if answer.error is not None:
-            raise answer.error
+            # The handler's own words may quote the key: never pass them on unredacted.
+            raise type(answer.error)(redact_text(str(answer.error), self._key))
         return answer
 
     async def _exchange(self, handler: _Handler, line: bytes, op: str, key: str) -> Answer:
