@@ -52,6 +52,8 @@ for line in sys.stdin:
     key, m = req["idempotency_key"], mode()
     n = append("requests.jsonl", {"pid": os.getpid(), "op": req["op"], "key": key,
                                   "envelope": req["envelope"], "mode": m})
+    if m.startswith("crash-until:"):
+        m = "crash" if n <= int(m.split(":", 1)[1]) else "ok"
     if m.startswith("slow:"):
         time.sleep(int(m.split(":", 1)[1]) / 1000)
         m = "ok"
@@ -103,7 +105,8 @@ def write_coprocess_handler(dir: Path, *, behaviour: str = "ok") -> list[str]:
     answers a line that is not JSON, "wrong-key" another request's key,
     "half-line" half a line then exits; "leak-key" echoes the key file on
     stderr and in a permanent error, "leak-key-crash" on stderr, then exits;
-    "hang" never answers; "slow:<ms>" answers after that long;
+    "hang" never answers; "slow:<ms>" answers after that long; "crash-until:<k>"
+    crashes on requests 1..k, then behaves as "ok";
     "die-at-start" exits 2 before reading anything.
     """
     dir.mkdir(parents=True, exist_ok=True)
