@@ -59,6 +59,9 @@ for line in sys.stdin:
         m = "ok"
     if m == "ok":
         say({"idempotency_key": key, "schedule_id": f"S-{n}"})
+    elif m == "answer-then-exit":
+        say({"idempotency_key": key, "schedule_id": f"S-{n}"})
+        sys.exit(0)
     elif m == "fail":
         say({"idempotency_key": key, "error": "envelope refused", "transient": False})
     elif m == "tempfail":
@@ -103,8 +106,9 @@ def write_coprocess_handler(dir: Path, *, behaviour: str = "ok") -> list[str]:
     "tempfail" answer an error (permanent, transient); "no-id" answers without
     an id; "crash" exits 3 mid-request, "signal" SIGKILLs itself; "garbage"
     answers a line that is not JSON, "wrong-key" another request's key,
-    "half-line" half a line then exits; "leak-key" echoes the key file on
-    stderr and in a permanent error, "leak-key-crash" on stderr, then exits;
+    "half-line" half a line then exits; "answer-then-exit" answers, then
+    exits; "leak-key" echoes the key file on stderr and in a permanent error,
+    "leak-key-crash" on stderr, then exits;
     "hang" never answers; "slow:<ms>" answers after that long; "crash-until:<k>"
     crashes on requests 1..k, then behaves as "ok";
     "die-at-start" exits 2 before reading anything.

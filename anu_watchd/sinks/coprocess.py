@@ -131,7 +131,7 @@ class CoprocessSink:
     async def _call(self, op: str, envelope: bytes, idempotency_key: str) -> Answer:
         line = coproto.request_line(op, idempotency_key, envelope)
         async with self._slots:
-            handler = self._idle.pop() if self._idle else await self._start()
+            handler = await self._take_idle() or await self._start()
             self._busy += 1
             try:
                 answer = await self._exchange(handler, line, op, idempotency_key)
@@ -141,6 +141,15 @@ class CoprocessSink:
             # The handler's own words may quote the key: never pass them on unredacted.
             raise type(answer.error)(redact_text(str(answer.error), self._key))
         return answer
+
+    async def _take_idle(self) -> _Handler | None:
+        """The most recently used idle handler still alive; dead ones are reaped on the way."""
+        while self._idle:
+            handler = self._idle.pop()
+            if handler.child.alive:
+                return handler
+            await self._drop(handler, "it ended while idle", ended=True)
+        return None
 
     async def _exchange(self, handler: _Handler, line: bytes, op: str, key: str) -> Answer:
         """Ask ``handler``; keep it if it answered in the protocol, else kill it."""

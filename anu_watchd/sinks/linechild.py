@@ -91,6 +91,11 @@ class LineChild:
         """Its exit status once reaped (negative: killed by that signal), else None."""
         return self._reaped.result() if self._reaped.done() else None
 
+    @property
+    def alive(self) -> bool:
+        """Not known to have ended: not reaped, stdout open, nothing unasked on it."""
+        return not (self._reaped.done() or self._eof or self._out)
+
     def stderr_tail(self) -> bytes:
         """The last bytes it wrote to stderr (at most ``STDERR_TAIL``)."""
         return bytes(self._err)
@@ -169,6 +174,8 @@ class LineChild:
             return
         if chunk:
             self._out += chunk
+            if len(self._out) > self._limit:
+                self._loop.remove_reader(fd)  # no answer is this long: stop reading, ask() says so
         else:
             self._eof = True
             self._close_reader(fd)

@@ -173,6 +173,20 @@ async def test_a_handler_that_dies_or_breaks_framing_fails_transient_and_is_repl
     assert len(pids(hdir)) == 2 and pid_alive(pids(hdir)[1])
 
 
+async def test_a_handler_that_ended_while_idle_is_replaced_without_failing_a_request(
+    make: Callable[..., CoprocessSink], hdir: Path
+) -> None:
+    """A handler that exits after answering is noticed at the next request, which a new
+    process serves at once."""
+    sink = make("answer-then-exit")
+    assert await sink.register(ENVELOPE, idempotency_key="ik1-a") == "S-1"
+    first = pids(hdir)[0]
+    await until(lambda: not Path(f"/proc/{first}").exists(), "the first handler reaped")
+    set_handler_behaviour(hdir, "ok")
+    assert await sink.register(ENVELOPE, idempotency_key="ik1-b") == "S-2"
+    assert len(pids(hdir)) == 2
+
+
 async def test_a_slow_answer_past_the_timeout_is_transient_and_the_handler_is_killed(
     make: Callable[..., CoprocessSink], hdir: Path
 ) -> None:
