@@ -2,6 +2,8 @@
 
     AnuDaemon("log")   python -m anu_watchd run, log sink, activated, fully durable
     AnuDaemon("exec")  the same with the exec sink running the handler per wake
+    AnuDaemon("exec", process=True)
+                       the same with co-process handlers (bench/handler_coproc.c)
     Script(...)        a baseline from bench/baselines/, running the handler per file
 
 The handler is bench/handler.c, compiled on first use (bench/handler.sh, the
@@ -49,8 +51,21 @@ def _handler() -> Path:
     return built
 
 
+def _coprocess_handler() -> Path | None:
+    """bench/handler_coproc.c compiled into bench/out/; None without a C compiler."""
+    cc = shutil.which("cc")
+    if cc is None:
+        return None
+    src, built = BENCH / "handler_coproc.c", BENCH / "out" / "handler_coproc"
+    if not built.exists() or built.stat().st_mtime < src.stat().st_mtime:
+        built.parent.mkdir(exist_ok=True)
+        subprocess.run([cc, "-O2", "-o", str(built), str(src)], check=True)
+    return built
+
+
 HANDLER = _handler()
 HANDLER_COMM = HANDLER.name[:15]  # /proc/PID/comm of the handler (a script: its own name)
+HANDLER_COPROC = _coprocess_handler()
 READY_TIMEOUT_S = 60.0
 
 
@@ -128,6 +143,22 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def child_pids(ppid: int) -> list[int]:
+    """The live children of ``ppid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                rest = fh.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(rest[1]) == ppid:
+            pids.append(int(entry))
+    return pids
+
+
 def wait_for_text(path: Path, text: bytes, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
@@ -194,12 +225,16 @@ def stop_process(proc: subprocess.Popen[bytes], *, group: bool, timeout: float) 
 class AnuDaemon:
     """The real daemon as a subprocess; its JSON log (stdout) goes to a file, as to journald."""
 
-    def __init__(self, sink: str, *, concurrency: int | None = None) -> None:
+    def __init__(self, sink: str, *, concurrency: int | None = None, process: bool = False) -> None:
         self.sink = sink
         self.concurrency = concurrency
+        self.process = process
         tuned = f", concurrency {concurrency}" if concurrency else ""
-        self.name = f"anu-watchd ({sink} sink{tuned})"
-        self.key = f"anu-{sink}" + (f"-c{concurrency}" if concurrency else "")
+        kind = "exec co-process" if process else f"{sink} sink"
+        self.name = f"anu-watchd ({kind}{tuned})"
+        self.key = ("anu-coproc" if process else f"anu-{sink}") + (
+            f"-c{concurrency}" if concurrency else ""
+        )
 
     def start(self, root: Path) -> None:
         self.root = root
@@ -234,14 +269,17 @@ class AnuDaemon:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, secrets.token_hex(24).encode() + b"\n")
         os.close(fd)
-        exec_argv = json.dumps([str(HANDLER), str(self.handler_log)])
+        handler = HANDLER_COPROC if self.process else HANDLER
+        if handler is None:
+            raise RuntimeError("the co-process handler needs a C compiler (cc)")
+        exec_argv = json.dumps([str(handler), str(self.handler_log)])
         config = root / "anu-watchd.toml"
         config.write_text(
             f'root = "{root}"\n'
             '[spool]\ncollector = "anu"\nexecutors = ["dev1"]\n'
             f'[wake]\nactivated = true\nsink = "{self.sink}"\n'
             + (f"concurrency = {self.concurrency}\n" if self.concurrency else "")
-            + f"[wake.exec]\nargv = {exec_argv}\n"
+            + f"[wake.exec]\nargv = {exec_argv}\nprocess = {str(self.process).lower()}\n"
             f'[key]\nfile = "{key_file}"\n'
             '[log]\nlevel = "info"\n'
         )
@@ -249,6 +287,13 @@ class AnuDaemon:
 
     def progress(self) -> int:
         return self._progress.poll()
+
+    def handler_cpu_ticks(self) -> int:
+        """CPU of the handler processes: the reaped ones (per wake), plus live co-processes."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        reaped = int(fields[13]) + int(fields[14])  # cutime + cstime
+        return reaped + sum(proc_cpu_ticks(p) for p in child_pids(self.proc.pid))
 
     def stop(self) -> Stopped:
         peak = proc_kib(self.proc.pid, "VmHWM")
@@ -338,4 +383,5 @@ def baselines() -> list[Script]:
 
 
 def all_systems() -> list[AnuDaemon | Script]:
-    return [AnuDaemon("log"), AnuDaemon("exec"), *baselines()]
+    coproc = [AnuDaemon("exec", process=True)] if HANDLER_COPROC is not None else []
+    return [AnuDaemon("log"), AnuDaemon("exec"), *coproc, *baselines()]
