@@ -240,6 +240,18 @@ class LineChild:
             self._loop.remove_writer(stdin.fileno())
             stdin.close()
 
+    def _drain_stderr(self) -> None:
+        """Keep what is already in the stderr pipe: the last words of a handler that died."""
+        for fd in [fd for fd in self._files if fd != self._stdout_fd]:
+            for _ in range(STDERR_TAIL // _READ_SIZE + 2):  # bounded: its group may still write
+                try:
+                    chunk = os.read(fd, _READ_SIZE)
+                except OSError:  # BlockingIOError: nothing more for now
+                    break
+                self._keep_stderr(chunk, fd)
+                if not chunk:
+                    break
+
     def _close_reader(self, fd: int) -> None:
         f = self._files.pop(fd, None)
         if f is not None:
@@ -248,6 +260,7 @@ class LineChild:
 
     def _close_io(self) -> None:
         self._close_stdin()
+        self._drain_stderr()
         for fd in list(self._files):
             self._close_reader(fd)
         self._eof = True

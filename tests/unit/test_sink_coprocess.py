@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from anu_watchd.config import Config, parse_config
 from anu_watchd.errors import PermanentWakeError, TransientWakeError
 from anu_watchd.secret import SealedKey
+from anu_watchd.sinks import build_sink, rebuild_sink
 from anu_watchd.sinks.base import RetryPolicy, WakeFailed, register_with_retries
 from anu_watchd.sinks.coprocess import CoprocessSink
 from anu_watchd.sinks.coproto import Restarts
@@ -331,3 +333,27 @@ async def test_the_reference_handler_in_examples_answers_registers_and_updates(
         ("register", "task-7"),
         ("update", "task-7"),
     ]
+
+
+async def test_a_reload_keeps_the_pool_unless_the_handler_itself_changed(
+    hdir: Path, key: SealedKey
+) -> None:
+    """rebuild_sink resizes the same sink for a new concurrency or backoff, and builds a new
+    one for a new argv or timeout."""
+    argv = write_coprocess_handler(hdir)
+
+    def config(**wake: object) -> Config:
+        exec_ = {"argv": argv, "process": True}
+        return parse_config({"wake": {"sink": "exec", "exec": exec_, **wake}}, base=hdir)
+
+    old = config(concurrency=4)
+    sink = build_sink(old, key)
+    assert isinstance(sink, CoprocessSink)
+    try:
+        same = rebuild_sink(sink, old, config(concurrency=1, backoff_max_s=2.0), key)
+        assert same is sink
+        other = rebuild_sink(sink, old, config(concurrency=4, timeout_s=3.0), key)
+        assert other is not sink and isinstance(other, CoprocessSink)
+        await other.aclose()
+    finally:
+        await sink.aclose()
