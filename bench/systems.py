@@ -225,16 +225,26 @@ def stop_process(proc: subprocess.Popen[bytes], *, group: bool, timeout: float) 
 class AnuDaemon:
     """The real daemon as a subprocess; its JSON log (stdout) goes to a file, as to journald."""
 
-    def __init__(self, sink: str, *, concurrency: int | None = None, process: bool = False) -> None:
+    def __init__(
+        self,
+        sink: str,
+        *,
+        concurrency: int | None = None,
+        process: bool = False,
+        nice: int | None = None,
+    ) -> None:
         self.sink = sink
         self.concurrency = concurrency
         self.process = process
+        self.nice = nice
         tuned = f", concurrency {concurrency}" if concurrency else ""
+        tuned += f", nice {nice}" if nice is not None else ""
         kind = "exec co-process" if process else f"{sink} sink"
         self.name = f"anu-watchd ({kind}{tuned})"
         self.key = ("anu-coproc" if process else f"anu-{sink}") + (
             f"-c{concurrency}" if concurrency else ""
         )
+        self.key += f"-nice{nice}" if nice is not None else ""
 
     def start(self, root: Path) -> None:
         self.root = root
@@ -248,9 +258,10 @@ class AnuDaemon:
         self.log_path = root / "daemon.log"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         env.pop("NOTIFY_SOCKET", None)
+        niced = ["nice", "-n", str(self.nice)] if self.nice is not None else []
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "anu_watchd", "--config", str(self.config), "run"],
+                [*niced, sys.executable, "-m", "anu_watchd", "--config", str(self.config), "run"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
