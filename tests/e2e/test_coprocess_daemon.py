@@ -107,6 +107,11 @@ def test_a_handler_that_dies_at_once_is_fire_failed_with_bounded_restarts(spool:
     process starts for twenty results, and the daemon serves on."""
     hdir = spool.root / "handler"
     coprocess_wake(spool, write_coprocess_handler(hdir, behaviour="die-at-start"))
+    # Restart waits double from 0.01 s without the spool's usual 0.05 s cap: starts grow with
+    # the log of the run's duration, so the bound below holds on a slow, loaded machine too.
+    spool.config.write_text(
+        spool.config.read_text().replace("backoff_max_s = 0.05", "backoff_max_s = 30.0")
+    )
     d = DaemonProc(spool)
     try:
         d.wait_notify("READY=1")
@@ -116,11 +121,12 @@ def test_a_handler_that_dies_at_once_is_fire_failed_with_bounded_restarts(spool:
         wait_for(
             lambda: all(spool.marker(t, ".pickup.failed") for t in tasks), DEADLINE_S, "failures"
         )
-        assert len(read_starts(hdir)) <= 8
+        assert len(read_starts(hdir)) <= 15
     finally:
         stop(d)
-    failed = spool.marker("task-00", ".pickup.failed")
-    assert failed is not None and "cannot load my configuration" in failed["error"]
+    errors = [str((spool.marker(t, ".pickup.failed") or {}).get("error")) for t in tasks]
+    assert all("cannot load my configuration" in e for e in errors)
+    assert sum("not restarted for now" in e for e in errors) >= 10
 
 
 def test_a_reload_resizes_the_pool_in_place_and_a_new_argv_replaces_it(spool: Spool) -> None:
