@@ -126,8 +126,8 @@ class LineChild:
         self._close_stdin()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_s):
-                return await asyncio.shield(self._reaped)
-        return await self.kill()
+                await asyncio.shield(self._reaped)
+        return await self.kill()  # reaped by now: only closes our ends
 
     async def kill(self) -> int:
         """SIGKILL its process group unless reaped already; return the exit status once reaped."""
