@@ -124,10 +124,15 @@ class LineChild:
     async def close(self, *, grace_s: float) -> int:
         """Close its stdin (its signal to exit), wait ``grace_s`` for its exit, then kill."""
         self._close_stdin()
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(grace_s):
                 await asyncio.shield(self._reaped)
-        return await self.kill()  # reaped by now: only closes our ends
+        except TimeoutError:
+            pass
+        finally:
+            if not self._reaped.done():
+                self._kill_group()  # also when cancelled (a loop shutting down): never left running
+        return await self.kill()
 
     async def kill(self) -> int:
         """SIGKILL its process group unless reaped already; return the exit status once reaped."""
