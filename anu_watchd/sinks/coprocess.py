@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
+import structlog
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError
 from anu_watchd.secret import redact_text
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from anu_watchd.secret import SealedKey
 
 CLOSE_GRACE_S = 2.0
+_log = structlog.get_logger("anu_watchd.sinks.coprocess")
 _LINE_LIMIT = 64 * 1024
 
 
@@ -195,6 +197,13 @@ class CoprocessSink:
         self._restarts = coproto.ended(
             self._restarts, answered=handler.answered, now=self._clock(), error=error
         )
+        _log.warning(
+            "coprocess_handler_dropped",
+            pid=handler.child.pid,
+            answered=handler.answered,
+            failures_in_a_row=self._restarts.failures,
+            error=error,
+        )
         return TransientWakeError(error)
 
     async def _start(self) -> _Handler:
@@ -213,6 +222,7 @@ class CoprocessSink:
         except OSError as exc:
             # ENOENT, EACCES, ENOEXEC: the configuration is wrong, retrying cannot help.
             raise PermanentWakeError(f"cannot run {self._argv[0]}: {exc.strerror or exc}") from None
+        _log.info("coprocess_handler_started", pid=child.pid, handlers=self.handlers + 1)
         return _Handler(child)
 
 

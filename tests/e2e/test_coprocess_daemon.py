@@ -95,8 +95,11 @@ def test_a_crash_mid_request_is_retried_on_a_new_handler(spool: Spool) -> None:
         d.wait_notify("READY=1")
         spool.drop("task-crash")
         marker = wait_for(lambda: spool.marker("task-crash"), DEADLINE_S, "the wake")
+        dropped = d.wait_event("coprocess_handler_dropped")
     finally:
         stop(d)
+    assert "exited 3: handler crashed mid-request" in dropped["error"]
+    assert len(d.events("coprocess_handler_started")) == 2
     assert marker["attempts"] == 2 and marker["schedule_id"] == "S-2"
     assert len(read_starts(hdir)) == 2
     assert [r["op"] for r in read_requests(hdir)] == ["register", "register", "update"]
