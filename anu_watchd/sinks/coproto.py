@@ -40,9 +40,10 @@ class Malformed(ValueError):
 
 def request_line(op: str, idempotency_key: str, envelope: bytes) -> bytes:
     """The request as one line; the envelope (JSON text) is embedded as it is, as an object."""
-    if b"\n" in envelope:
-        # A raw newline in JSON text can only be whitespace between tokens.
-        envelope = envelope.replace(b"\r\n", b" ").replace(b"\n", b" ")
+    if b"\n" in envelope or b"\r" in envelope:
+        # Raw CR or LF in JSON text can only be whitespace between tokens; either would end
+        # the line for a reader with universal newlines (Python's text-mode stdin).
+        envelope = envelope.replace(b"\r", b" ").replace(b"\n", b" ")
     head = json.dumps({"op": op, "idempotency_key": idempotency_key})[:-1]
     return head.encode() + b', "envelope": ' + envelope + b"}\n"
 

@@ -125,3 +125,17 @@ def test_past_give_up_requests_are_refused_with_one_probe_start_per_wait() -> No
     assert decision is Admit.START
     assert admit(probed, s.not_before)[0] is Admit.REFUSE  # a second caller meanwhile
     assert probed.last_error == "died at once"
+
+
+@given(
+    st.dictionaries(st.text(max_size=20), st.text(max_size=40) | st.integers(), max_size=8),
+    st.sampled_from([None, 1, "\r\n", "\r"]),
+    st.text(max_size=30),
+)
+def test_a_request_line_always_carries_the_envelope_intact(
+    envelope: dict[str, object], indent: int | str | None, key: str
+) -> None:
+    """Whatever the envelope's JSON layout or text, the request is one line holding it as is."""
+    line = request_line("update", key, json.dumps(envelope, indent=indent).encode())
+    assert line.count(b"\n") == 1 and line.endswith(b"\n") and b"\r" not in line
+    assert json.loads(line) == {"op": "update", "idempotency_key": key, "envelope": envelope}
