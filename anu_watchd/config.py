@@ -69,6 +69,7 @@ class SpoolConfig:
 class ExecConfig:
     argv: tuple[str, ...] = ()
     update_argv: tuple[str, ...] = ()
+    process: bool = False  # long-running co-process handlers (docs/operations.md)
 
 
 @attrs.frozen
@@ -242,6 +243,10 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("wake.backoff_max_s", "must be at least wake.backoff_initial_s")
     if cfg.wake.sink == "exec" and not cfg.wake.exec.argv:
         raise ConfigError("wake.exec.argv", 'required when wake.sink = "exec"')
+    if cfg.wake.exec.process and cfg.wake.exec.update_argv:
+        raise ConfigError(
+            "wake.exec.update_argv", "not used when wake.exec.process = true (updates go to it)"
+        )
     if cfg.wake.sink == "http" and not cfg.wake.http.url.startswith(("http://", "https://")):
         raise ConfigError("wake.http.url", 'required (http:// or https://) when wake.sink = "http"')
     if not HOST_ID_RE.fullmatch(cfg.wake.nats.host_id):

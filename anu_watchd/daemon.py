@@ -47,7 +47,7 @@ from anu_watchd.receipts import ReceiptWatch, mark_received
 from anu_watchd.reload import reload_status_path
 from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebuilt
 from anu_watchd.secret import SealedKey, load_key
-from anu_watchd.sinks import Sink, build_sink
+from anu_watchd.sinks import Sink, rebuild_sink
 from anu_watchd.spool import is_enabled
 
 _log = structlog.get_logger("anu_watchd.daemon")
@@ -398,8 +398,9 @@ class Daemon:
             new = load_config(self.config_path)
             self._check_reloadable(new)
             # Built here, so that a sink that cannot be built (unreadable NATS credentials)
-            # refuses the reload and keeps the running one.
-            fresh = build_sink(new, self.key) if new.wake != self.config.wake else None
+            # refuses the reload and keeps the running one; co-process handlers that still
+            # fit are kept (the same sink comes back).
+            fresh = rebuild_sink(self.pipeline.stages.sink, self.config, new, self.key)
         except ConfigError as exc:
             _log.error("config_reload_refused", error=str(exc))
             await self._record_reload("refused", str(exc))

@@ -3,13 +3,16 @@
     .venv/bin/python -m bench.ab --sink log --files 2000 --rounds 3 [--concurrency N]
     .venv/bin/python -m bench.ab --sink exec --paced 200 --rounds 3
     .venv/bin/python -m bench.ab --sink nats --files 20000 --rounds 3   # a local nats-server
+    .venv/bin/python -m bench.ab --sink exec --process --files 20000   # co-process handlers
 
 Not part of ``make bench``: it is the loop used while changing the daemon,
 so that a before and an after can be interleaved on the same disk and CPU
 noise. Each round is a fresh spool under ``--workdir`` (left in place: a
 mass deletion slows file creation nearby, see ``bench/run.py``). It reports, per round, files/s
-from the first rename to the last wake, and the daemon's CPU (user +
-system, all threads, from /proc) per file.
+from the first rename to the last wake, the daemon's CPU (user +
+system, all threads, from /proc) per file, and the handlers' CPU per file
+(the exec sink's: reaped per-wake commands, or the co-processes), with the
+load average next to it: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ from bench import floor, produce, systems
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def one_round(root: Path, sink: str, n: int, concurrency: int | None) -> tuple[float, float]:
-    daemon = systems.AnuDaemon(sink, concurrency=concurrency)
+def one_round(
+    root: Path, sink: str, n: int, concurrency: int | None, process: bool = False
+) -> tuple[float, float, float]:
+    daemon = systems.AnuDaemon(sink, concurrency=concurrency, process=process)
     daemon.start(root)
     staging = root / "staging"
     ids = produce.task_ids("ab", n)
     produce.stage(staging, ids)
     cpu0 = systems.proc_cpu_ticks(daemon.proc.pid)
+    handler0 = daemon.handler_cpu_ticks()
     t0 = time.monotonic()
     produce.burst(staging, daemon.events_dir, ids)
     deadline = t0 + 600
@@ -45,18 +51,19 @@ def one_round(root: Path, sink: str, n: int, concurrency: int | None) -> tuple[f
         time.sleep(0.02)
     wall = time.monotonic() - t0
     cpu = (systems.proc_cpu_ticks(daemon.proc.pid) - cpu0) * TICK_S
+    handler = (daemon.handler_cpu_ticks() - handler0) * TICK_S
     stopped = daemon.stop()
     if len(stopped.wakes) != n or len({t for t, _ in stopped.wakes}) != n:
         raise SystemExit(f"ab: {len(stopped.wakes)} wakes for {n} files")
     # The nats sink's wakes are the stream's messages: exactly n, one per key, or the row fails.
-    return n / wall, cpu / n * 1000.0
+    return n / wall, cpu / n * 1000.0, handler / n * 1000.0
 
 
 def paced_round(
-    root: Path, sink: str, rate: float, seconds: float, concurrency: int | None
+    root: Path, sink: str, rate: float, seconds: float, concurrency: int | None, process: bool
 ) -> tuple[float, float, float]:
     """Publish at ``rate`` files/s; p50/p90/p99 rename -> wake-start latency in ms."""
-    daemon = systems.AnuDaemon(sink, concurrency=concurrency)
+    daemon = systems.AnuDaemon(sink, concurrency=concurrency, process=process)
     daemon.start(root)
     ids = produce.task_ids("pc", int(rate * seconds))
     renamed = dict(zip(ids, produce.paced(daemon.events_dir, ids, rate), strict=True))
@@ -75,6 +82,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int)
+    ap.add_argument("--process", action="store_true", help="exec sink: co-process handlers")
     ap.add_argument("--paced", type=float, help="files/s for 10 s instead of a burst")
     ap.add_argument(
         "--workdir", default="/var/tmp", help="a part of the disk with no recent mass deletion"
@@ -83,15 +91,22 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="anu-ab-", dir=args.workdir))
     # ~20 us on a quiet ext4; far more right after a mass deletion nearby (bench/run.py).
     print(f"empty-file create: {floor.create_probe(work / 'probe'):.0f} us")
+    name = f"{args.sink}{' co-process' if args.process else ''}"
     for i in range(args.rounds):
+        load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
         if args.paced:
             p50, p90, p99 = paced_round(
-                work / f"r{i}", args.sink, args.paced, 10.0, args.concurrency
+                work / f"r{i}", args.sink, args.paced, 10.0, args.concurrency, args.process
             )
-            print(f"{args.sink} {args.paced:.0f}/s: p50 {p50:.1f} p90 {p90:.1f} p99 {p99:.1f} ms")
+            print(f"{name} {args.paced:.0f}/s: p50 {p50:.1f} p90 {p90:.1f} p99 {p99:.1f} ms", load)
             continue
-        rate, cpu_ms = one_round(work / f"r{i}", args.sink, args.files, args.concurrency)
-        print(f"{args.sink} {args.files}: {rate:,.0f} files/s, {cpu_ms:.2f} ms CPU/file")
+        rate, cpu_ms, handler_ms = one_round(
+            work / f"r{i}", args.sink, args.files, args.concurrency, args.process
+        )
+        print(
+            f"{name} {args.files}: {rate:,.0f} files/s, {cpu_ms:.2f} ms daemon CPU/file, "
+            f"{handler_ms:.2f} ms handler CPU/file ({load} before the round)"
+        )
     # Not deleted here: a mass deletion slows the next run's file creations nearby.
     print(f"spools left in {work}; remove them when done comparing")
 

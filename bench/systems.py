@@ -4,6 +4,8 @@
     AnuDaemon("exec")  the same with the exec sink running the handler per wake
     AnuDaemon("nats")  the same with the nats sink, publishing to a local nats-server
                        (bench/natsbroker.py); its wake time is the stored message's
+    AnuDaemon("exec", process=True)
+                       the same with co-process handlers (bench/handler_coproc.c)
     Script(...)        a baseline from bench/baselines/, running the handler per file
 
 The handler is bench/handler.c, compiled on first use (bench/handler.sh, the
@@ -52,8 +54,21 @@ def _handler() -> Path:
     return built
 
 
+def _coprocess_handler() -> Path | None:
+    """bench/handler_coproc.c compiled into bench/out/; None without a C compiler."""
+    cc = shutil.which("cc")
+    if cc is None:
+        return None
+    src, built = BENCH / "handler_coproc.c", BENCH / "out" / "handler_coproc"
+    if not built.exists() or built.stat().st_mtime < src.stat().st_mtime:
+        built.parent.mkdir(exist_ok=True)
+        subprocess.run([cc, "-O2", "-o", str(built), str(src)], check=True)
+    return built
+
+
 HANDLER = _handler()
 HANDLER_COMM = HANDLER.name[:15]  # /proc/PID/comm of the handler (a script: its own name)
+HANDLER_COPROC = _coprocess_handler()
 READY_TIMEOUT_S = 60.0
 
 
@@ -131,6 +146,22 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def child_pids(ppid: int) -> list[int]:
+    """The live children of ``ppid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                rest = fh.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(rest[1]) == ppid:
+            pids.append(int(entry))
+    return pids
+
+
 def wait_for_text(path: Path, text: bytes, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
@@ -204,6 +235,8 @@ class AnuDaemon:
         concurrency: int | None = None,
         broker: Any = None,
         host_id: str = "bench",
+        process: bool = False,
+        nice: int | None = None,
     ) -> None:
         self.sink = sink
         self.concurrency = concurrency
@@ -211,9 +244,16 @@ class AnuDaemon:
         self.broker = broker
         self._own_broker = broker is None
         self.host_id = host_id
+        self.process = process
+        self.nice = nice
         tuned = f", concurrency {concurrency}" if concurrency else ""
-        self.name = f"anu-watchd ({sink} sink{tuned})"
-        self.key = f"anu-{sink}" + (f"-c{concurrency}" if concurrency else "")
+        tuned += f", nice {nice}" if nice is not None else ""
+        kind = "exec co-process" if process else f"{sink} sink"
+        self.name = f"anu-watchd ({kind}{tuned})"
+        self.key = ("anu-coproc" if process else f"anu-{sink}") + (
+            f"-c{concurrency}" if concurrency else ""
+        )
+        self.key += f"-nice{nice}" if nice is not None else ""
 
     def start(self, root: Path) -> None:
         self.root = root
@@ -232,9 +272,10 @@ class AnuDaemon:
         self.log_path = root / "daemon.log"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         env.pop("NOTIFY_SOCKET", None)
+        niced = ["nice", "-n", str(self.nice)] if self.nice is not None else []
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "anu_watchd", "--config", str(self.config), "run"],
+                [*niced, sys.executable, "-m", "anu_watchd", "--config", str(self.config), "run"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -253,14 +294,17 @@ class AnuDaemon:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, secrets.token_hex(24).encode() + b"\n")
         os.close(fd)
-        exec_argv = json.dumps([str(HANDLER), str(self.handler_log)])
+        handler = HANDLER_COPROC if self.process else HANDLER
+        if handler is None:
+            raise RuntimeError("the co-process handler needs a C compiler (cc)")
+        exec_argv = json.dumps([str(handler), str(self.handler_log)])
         config = root / "anu-watchd.toml"
         config.write_text(
             f'root = "{root}"\n'
             '[spool]\ncollector = "anu"\nexecutors = ["dev1"]\n'
             f'[wake]\nactivated = true\nsink = "{self.sink}"\n'
             + (f"concurrency = {self.concurrency}\n" if self.concurrency else "")
-            + f"[wake.exec]\nargv = {exec_argv}\n"
+            + f"[wake.exec]\nargv = {exec_argv}\nprocess = {str(self.process).lower()}\n"
             + self._nats_section()
             + f'[key]\nfile = "{key_file}"\n'
             '[log]\nlevel = "info"\n'
@@ -275,6 +319,13 @@ class AnuDaemon:
 
     def progress(self) -> int:
         return self._progress.poll()
+
+    def handler_cpu_ticks(self) -> int:
+        """CPU of the handler processes: the reaped ones (per wake), plus live co-processes."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        reaped = int(fields[13]) + int(fields[14])  # cutime + cstime
+        return reaped + sum(proc_cpu_ticks(p) for p in child_pids(self.proc.pid))
 
     def stop(self) -> Stopped:
         peak = proc_kib(self.proc.pid, "VmHWM")
@@ -372,4 +423,5 @@ def baselines() -> list[Script]:
 
 def all_systems() -> list[AnuDaemon | Script]:
     # The nats sink publishes to its own local nats-server (one node, bench/natsbroker.py).
-    return [AnuDaemon("log"), AnuDaemon("exec"), AnuDaemon("nats"), *baselines()]
+    coproc = [AnuDaemon("exec", process=True)] if HANDLER_COPROC is not None else []
+    return [AnuDaemon("log"), AnuDaemon("exec"), *coproc, AnuDaemon("nats"), *baselines()]

@@ -55,6 +55,11 @@ class RedactedSink:
         self._key = key
 
     @property
+    def inner(self) -> Sink:
+        """The sink this one wraps."""
+        return self._inner
+
+    @property
     def delivery_method(self) -> str:
         return self._inner.delivery_method
 
@@ -85,6 +90,13 @@ class RedactedSink:
         exc.args = (redact_text(str(exc), self._key),)
         exc.__cause__ = exc.__context__ = None
         return exc
+
+
+def innermost(sink: Sink) -> Sink:
+    """The sink under every wrapper (redaction, metering): what the config built."""
+    while (inner := getattr(sink, "inner", None)) is not None:
+        sink = inner
+    return sink
 
 
 @attrs.frozen

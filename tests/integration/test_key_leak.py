@@ -6,7 +6,8 @@ command, an exec failure whose stderr echoes the key (FIRE_FAILED +
 escalation), retry, HTTP 500-then-200 and a 400 whose body echoes the key,
 the log sink, every way of writing the key into a result (KEY_LITERAL), other
 quarantines, ack, a receipt timeout with its escalation, reload, status and
-quarantine list. Then every file under the spool root, every line of output
+quarantine list, and co-process handlers that echo the key in an error answer
+and on stderr before crashing. Then every file under the spool root, every line of output
 and everything the sinks received is searched for the key. Only the key file
 and the results quarantined as KEY_LITERAL may hold it. The nats sink gets
 the same search for the key and for its NATS credentials (a token), over a
@@ -20,18 +21,27 @@ import os
 import secrets
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
+from tests.coprochelpers import set_handler_behaviour, write_coprocess_handler
 from tests.daemonproc import DaemonProc, wait_for
 from tests.integration.test_wake import (
     Recorders,
     assert_all_envelopes_valid,
     exec_wake,
     http_wake,
+    toml_list,
     verdicts,
 )
 from tests.natsserver import NatsServer, add_stream, nats_wake, read_stream
-from tests.sinkhelpers import Reply, TestHttpServer, read_sink_calls, set_sink_behaviour
+from tests.sinkhelpers import (
+    SCRIPT_FILE,
+    Reply,
+    TestHttpServer,
+    read_sink_calls,
+    set_sink_behaviour,
+)
 from tests.spool import Spool, valid_doc
 
 DEADLINE_S = 20.0
@@ -113,6 +123,27 @@ def run_http_paths(spool: Spool, out: Captured) -> list[bytes]:
     return [r.body + json.dumps(r.headers).encode() for r in requests]
 
 
+def run_coprocess_paths(spool: Spool, out: Captured, rec: Recorders) -> None:
+    """Co-process handlers quoting the key in an error answer, then on stderr as they crash."""
+    hdir = spool.root / "handler"
+    argv = write_coprocess_handler(hdir, behaviour="leak-key")
+    spool.write_config(
+        sink="exec",
+        wake_extra=(
+            f"attempts = 2\nexec.argv = {toml_list(argv)}\nexec.process = true\n"
+            f"escalate_argv = {toml_list([sys.executable, str(rec.escalate / SCRIPT_FILE)])}\n"
+        ),
+    )
+    spool.drop("task-coproc-answer")
+    assert out.scan() == {"task-coproc-answer": "FIRE_FAILED"}
+    set_handler_behaviour(hdir, "leak-key-crash")
+    spool.drop("task-coproc-crash")
+    assert out.scan() == {"task-coproc-crash": "FIRE_FAILED"}
+    set_handler_behaviour(hdir, "ok")
+    assert out.cli("retry", "task-coproc-crash").returncode == 0
+    assert spool.marker("task-coproc-crash") is not None
+
+
 def run_daemon_paths(spool: Spool, out: Captured) -> None:
     """Ack, receipt timeouts with escalation, a retry request and reload, in the daemon."""
     exec_wake(spool, behaviour="leak-key", more="receipt_ttl_s = 1.0\n")
@@ -165,6 +196,7 @@ def test_the_key_appears_nowhere_but_its_file_and_key_literal_quarantine(tmp_pat
     out = Captured(spool)
     rec = run_cli_paths(spool, out)
     http_seen = run_http_paths(spool, out)
+    run_coprocess_paths(spool, out, rec)
     run_daemon_paths(spool, out)
 
     key = spool.key.encode()
@@ -183,6 +215,11 @@ def test_the_key_appears_nowhere_but_its_file_and_key_literal_quarantine(tmp_pat
         assert key not in seen
     escalated = {(d["task_id"], d["verdict"]) for d in rec.escalations()}
     assert {("task-leak", "FIRE_FAILED"), ("task-daemon", "RECEIPT_TIMED_OUT")} <= escalated
+    coproc = {("task-coproc-answer", "FIRE_FAILED"), ("task-coproc-crash", "FIRE_FAILED")}
+    assert coproc <= escalated
+    for d in rec.escalations():  # the handlers did quote the key, and it was redacted
+        if (d["task_id"], d["verdict"]) in coproc:
+            assert "[REDACTED]" in str(d["error"])
     assert any("[REDACTED]" in str(d["error"]) for d in rec.escalations())
     assert assert_all_envelopes_valid(tmp_path) >= 6
 

@@ -28,6 +28,7 @@ def test_empty_document_gives_the_spec_defaults() -> None:
     assert (cfg.wake.attempts, cfg.wake.concurrency) == (3, 4)
     assert cfg.drain_timeout_s == 10.0 and cfg.rescan_interval_s == 300.0
     assert cfg.log.format == "json"
+    assert cfg.wake.exec.process is False
 
 
 def test_relative_root_resolves_against_the_config_directory(tmp_path: Path) -> None:
@@ -58,6 +59,11 @@ def test_relative_root_resolves_against_the_config_directory(tmp_path: Path) -> 
         ({"spool": {"executors": ["anu"]}}, "spool.executors: must not contain the collector"),
         ({"wake": {"sink": "exec"}}, "wake.exec.argv: required"),
         ({"wake": {"sink": "http"}}, "wake.http.url: required"),
+        ({"wake": {"exec": {"process": 1}}}, "wake.exec.process: expected true or false"),
+        (
+            {"wake": {"exec": {"argv": ["h"], "update_argv": ["u"], "process": True}}},
+            "wake.exec.update_argv: not used when wake.exec.process = true",
+        ),
         ({"drain_timeout_s": -1}, "drain_timeout_s: must be greater than 0"),
     ],
 )
