@@ -15,7 +15,7 @@ from anu_watchd.config import Config, parse_config
 from anu_watchd.errors import PermanentWakeError, TransientWakeError
 from anu_watchd.secret import SealedKey
 from anu_watchd.sinks import build_sink, rebuild_sink
-from anu_watchd.sinks.base import RetryPolicy, WakeFailed, register_with_retries
+from anu_watchd.sinks.base import RetryPolicy, WakeFailed, innermost, register_with_retries
 from anu_watchd.sinks.coprocess import CoprocessSink
 from anu_watchd.sinks.coproto import Restarts
 from anu_watchd.sinks.exec import CHILD_PATH
@@ -348,12 +348,12 @@ async def test_a_reload_keeps_the_pool_unless_the_handler_itself_changed(
 
     old = config(concurrency=4)
     sink = build_sink(old, key)
-    assert isinstance(sink, CoprocessSink)
+    assert isinstance(innermost(sink), CoprocessSink)  # under the key's redaction
     try:
         same = rebuild_sink(sink, old, config(concurrency=1, backoff_max_s=2.0), key)
         assert same is sink
         other = rebuild_sink(sink, old, config(concurrency=4, timeout_s=3.0), key)
-        assert other is not sink and isinstance(other, CoprocessSink)
+        assert other is not sink and isinstance(innermost(other), CoprocessSink)
         await other.aclose()
     finally:
         await sink.aclose()
