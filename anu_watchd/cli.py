@@ -1,7 +1,9 @@
 """Command line: argument parsing and exit codes only; the work is elsewhere.
 
 Exit codes (sysexits): 0 ok, 64 usage, 70 fatal internal or durability
-failure, 75 temporary (the instance lock is held), 78 configuration.
+failure (and any unexpected exception, logged as one critical line), 75
+temporary (the instance lock is held), 77 permission (see ownership.py), 78
+configuration.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from anu_watchd import __version__, fsio, producer, quarantine, status
+from anu_watchd import __version__, fsio, logs, ownership, producer, quarantine, status
 from anu_watchd.config import Config, config_path, load_config
 from anu_watchd.errors import (
     AnuWatchdError,
@@ -49,8 +51,8 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
 
 
-def _say(msg: str) -> None:
-    print(f"anu-watchd: {msg}", file=sys.stderr)
+def _say(msg: str, event: str = "command_note", level: str = "info") -> None:
+    logs.announce(event, f"anu-watchd: {msg}", level=level, stream=sys.stderr)
 
 
 def _configure_logs(config: Config, key: Any) -> None:
@@ -76,7 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(out: Outcome, as_json: bool) -> None:
-    if as_json:
+    if logs.is_journal_stream(sys.stdout):
+        fields = {"path": out.path, "task_id": out.task_id, "verdict": str(out.verdict)}
+        fields["reason"] = out.reason
+        logs.announce("outcome_reported", out.path, stream=sys.stdout, fields=fields)
+    elif as_json:
         print(
             json.dumps(
                 {
@@ -96,6 +102,7 @@ def _print_outcome(out: Outcome, as_json: bool) -> None:
 def _one_shot(args: argparse.Namespace, role: str, work: Callable[..., Any]) -> int:
     config = _config(args)
     key = _load_key(config)
+    ownership.assume_owner(config.root)  # after the key: root may read a root-only key file
     _configure_logs(config, key)
     if not is_enabled(config.spool.enable_flag):
         # Disabled is a full no-op: no lock file, no ledger, no evidence line.
@@ -167,19 +174,25 @@ def cmd_emit(args: argparse.Namespace) -> int:
             commit=args.commit,
         )
     rules = rules_for(config, None)
+    ownership.assume_owner(config.root, producer=True)
     path = producer.write_result(config.spool.events_dir, doc, rules=rules)
     print(path)
     return EX_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from anu_watchd.preflight import check_key_source
+
     config = _config(args)
-    print(f"ok: {config.source}")
+    source = check_key_source(config)
+    print(f"ok: {config.source} (key: {source})")
     return EX_OK
 
 
 def cmd_enable(args: argparse.Namespace) -> int:
-    flag = _config(args).spool.enable_flag
+    config = _config(args)
+    ownership.assume_owner(config.root)
+    flag = config.spool.enable_flag
     flag.parent.mkdir(parents=True, exist_ok=True)
     fsio.atomic_write(flag, b"true\n")
     print(f"enabled: {flag}")
@@ -187,7 +200,9 @@ def cmd_enable(args: argparse.Namespace) -> int:
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
-    flag = _config(args).spool.enable_flag
+    config = _config(args)
+    ownership.assume_owner(config.root)
+    flag = config.spool.enable_flag
     fsio.remove_durably(flag)
     print(f"disabled: {flag} removed")
     return EX_OK
@@ -200,7 +215,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    spool = _config(args).spool
+    config = _config(args)
+    spool = config.spool
     entries = quarantine.list_quarantined(spool.quarantine_dir)
     if args.action == "list":
         for e in entries:
@@ -211,6 +227,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 fields = (e.name, e.reason or "?", e.ts or "", e.detail or "")
                 print("\t".join(_shown(f) for f in fields))
         return EX_OK
+    ownership.assume_owner(config.root)
     if not args.name:
         raise UsageError("quarantine release needs NAME (as `quarantine list` shows it)")
     # NAME as listed, or exactly (from --json). Listed forms are one-to-one (a backslash is
@@ -247,6 +264,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
     config = _config(args)
     if not TASK_ID_RE.fullmatch(args.task):
         raise UsageError(f"task id must match {TASK_ID_RE.pattern}")
+    ownership.assume_owner(config.root)
     files = TaskFiles(config.spool.events_dir, args.task)
     ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     fsio.atomic_write(files.acked, encode_json({"task_id": args.task, "ts": ts}))
@@ -263,6 +281,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         raise UsageError(f"task id must match {TASK_ID_RE.pattern}")
     files = TaskFiles(config.spool.events_dir, args.task)
     if is_held(config.spool.lock_file):
+        ownership.assume_owner(config.root)
         request_retry(files, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
         print(f"retry requested: the running daemon will re-run {args.task}")
         return EX_OK
@@ -278,12 +297,25 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from anu_watchd.reload import request_reload
+    from anu_watchd.reload import daemon_decides, request_reload
 
-    config = _config(args)
+    try:
+        config: Config | None = _config(args)
+    except ConfigError:
+        if not daemon_decides(args.pid):
+            raise
+        config = None  # the daemon reads the new config itself, refuses it and says why
     ok, message = request_reload(config, pid=args.pid, timeout_s=args.timeout)
-    print(message, file=sys.stdout if ok else sys.stderr)
-    return EX_OK if ok else message_code(message)
+    code = EX_OK if ok else message_code(message)
+    event = {EX_OK: "config_reload_applied", EX_CONFIG: "config_reload_refused"}
+    logs.announce(
+        event.get(code, "config_reload_unanswered"),
+        message,
+        level="info" if ok else "error",
+        stream=sys.stdout if ok else sys.stderr,
+        fields={"exit_code": code},
+    )
+    return code
 
 
 def message_code(message: str) -> int:
@@ -310,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Handler, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
+        # Also after the command (`check-config --config PATH`); SUPPRESS keeps the global one.
+        sp.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
         return sp
 
     add("run", cmd_run, "run the daemon in the foreground")
@@ -343,26 +377,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# (error types, exit code, event, message); the first match wins. A permission
+# problem is looked for between the two tables: a key file we may not read is a
+# configuration error, a state file we may not write is exit 77.
+_FAILURES_FIRST: tuple[tuple[type[Exception], int, str, str], ...] = (
+    (ConfigError, EX_CONFIG, "config_invalid", "configuration error: {}"),
+    (LockHeldError, EX_TEMPFAIL, "lock_held", "another instance is running: {}"),
+    (UsageError, EX_USAGE, "usage_error", "{}"),
+)
+_FAILURES_THEN: tuple[tuple[type[Exception], int, str, str], ...] = (
+    (
+        OutcomeUnknownError,
+        EX_TEMPFAIL,
+        "outcome_unknown",
+        "outcome unknown: {}; write the same bytes again (idempotent)",
+    ),
+    (DurabilityError, EX_SOFTWARE, "durability_failure", "fatal: {}"),
+    (NotWrittenError, EX_SOFTWARE, "write_failed", "fatal: {}"),
+    (AnuWatchdError, EX_SOFTWARE, "command_failed", "error: {}"),
+)
+
+
+def _failed(exc: Exception) -> int:
+    """The exit code for ``exc``, after the one line that says why (JSON on the journal)."""
+    for types, code, event, template in _FAILURES_FIRST:
+        if isinstance(exc, types):
+            _say(template.format(exc), event=event, level="error")
+            return code
+    denied = ownership.permission_error(exc)
+    if denied is not None:
+        _say(ownership.denied(denied), event="permission_denied", level="error")
+        return ownership.EX_NOPERM
+    for types, code, event, template in _FAILURES_THEN:
+        if isinstance(exc, types):
+            _say(template.format(exc), event=event, level="error")
+            return code
+    logs.crashed(exc)  # one critical line with type and message; never a bare traceback
+    return EX_SOFTWARE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.func
     try:
         return handler(args)
-    except ConfigError as exc:
-        _say(f"configuration error: {exc}")
-        return EX_CONFIG
-    except LockHeldError as exc:
-        _say(f"another instance is running: {exc}")
-        return EX_TEMPFAIL
-    except UsageError as exc:
-        _say(str(exc))
-        return EX_USAGE
-    except OutcomeUnknownError as exc:
-        _say(f"outcome unknown: {exc}; write the same bytes again (idempotent)")
-        return EX_TEMPFAIL
-    except (DurabilityError, NotWrittenError) as exc:
-        _say(f"fatal: {exc}")
-        return EX_SOFTWARE
-    except AnuWatchdError as exc:
-        _say(f"error: {exc}")
-        return EX_SOFTWARE
+    except Exception as exc:  # every failure ends here: one line, a documented exit code
+        return _failed(exc)

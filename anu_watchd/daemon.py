@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import structlog
 
-from anu_watchd import logs, scan
+from anu_watchd import logs, ownership, scan
 from anu_watchd.config import Config, load_config
 from anu_watchd.errors import ConfigError, DurabilityError, LockHeldError
 from anu_watchd.intake import Intake, IntakeEvent, Kind, filesystem_type, is_network_fs
@@ -43,6 +43,7 @@ from anu_watchd.retry import consume_retry
 from anu_watchd.runtime import ensure_dirs, open_pipeline, rules_for
 from anu_watchd.secret import load_key
 from anu_watchd.sinks import build_sink
+from anu_watchd.status import failed_now
 
 _log = structlog.get_logger("anu_watchd.daemon")
 
@@ -85,8 +86,10 @@ class Daemon:
             self.config = load_config(self.config_path)
             self.key = load_key(self.config.key.file, environ=self.environ, root=self.config.root)
         except ConfigError as exc:
-            print(f"anu-watchd: configuration error: {exc}", file=sys.stderr, flush=True)
+            message = f"anu-watchd: configuration error: {exc}"
+            logs.announce("config_invalid", message, level="error")
             return EX_CONFIG
+        ownership.assume_owner(self.config.root)  # root drops to the spool's owner, or exit 77
         logs.configure(level=self.config.log.level, fmt=self.config.log.format, key=self.key)
         ensure_dirs(self.config)
         lock = InstanceLock(self.config.spool.lock_file, role="run")
@@ -432,19 +435,24 @@ class Daemon:
         return self._fatal is None and intake_alive and st.ledger.healthy and st.evidence.healthy
 
     def _status_text(self) -> str:
-        c = self.counts
+        """STATUS=: the state now (driver, activation, pending, failed, in flight), then totals."""
+        c, config = self.counts, self.config
+        enabled = "enabled" if is_enabled(config.spool.enable_flag) else "DISABLED"
+        activated = "activated" if config.wake.activated else "not activated"
+        waiting = self._queue.qsize()
         return (
-            f"woken={c['WAKE_BUILT']} skipped={c['PICKUP_SKIP']} "
-            f"quarantined={c['QUARANTINE']} failed={c['FIRE_FAILED']} "
-            f"not_activated={c['FIRE_NOT_ACTIVATED']} "
-            f"overflows={self.intake.overflows if hasattr(self, 'intake') else 0} "
-            f"queued={self._queue.qsize()}"
+            f"{enabled}, {activated}; pending={waiting} in_flight={len(self._queued) - waiting} "
+            f"failed={getattr(self, 'failed_now', 0)}; since start: "
+            f"woken={c['WAKE_BUILT']} quarantined={c['QUARANTINE']} "
+            f"failed={c['FIRE_FAILED']} not_activated={c['FIRE_NOT_ACTIVATED']} "
+            f"overflows={self.intake.overflows if hasattr(self, 'intake') else 0}"
         )
 
     async def _status_ticker(self) -> None:
         last = ""
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
+            self.failed_now = await asyncio.to_thread(failed_now, self.config.spool.events_dir)
             text = self._status_text()
             if text != last:
                 self.notifier.status(text)
