@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.spool import Spool, json_lines, valid_doc
+from tests.spool import Spool, json_lines, run_cli, valid_doc
 
 
 @pytest.fixture
@@ -217,3 +217,24 @@ def test_key_file_open_to_others_is_refused(spool: Spool) -> None:
     res = spool.cli("scan", "--once")
     assert res.returncode == 78
     assert spool.key not in res.stderr
+
+
+def test_options_go_before_or_after_the_command(spool: Spool) -> None:
+    """`check-config --config PATH` works as well as `--config PATH check-config`."""
+    res = run_cli(["check-config", "--config", str(spool.config)])
+    assert res.returncode == 0 and "ok" in res.stdout
+
+
+def test_an_unexpected_exception_is_one_critical_line_and_exit_70(spool: Spool) -> None:
+    """A crash (a file where a directory must be) is one critical JSON line, exit 70."""
+    (spool.events / "quarantine").write_text("in the way")
+    res = spool.cli("scan", "--once")
+    assert res.returncode == 70
+    [line] = res.stderr.splitlines()
+    doc = json.loads(line)
+    assert (doc["level"], doc["event"], doc["error_type"]) == (
+        "critical",
+        "unexpected_exception",
+        "FileExistsError",
+    )
+    assert "Traceback" not in res.stderr
