@@ -299,13 +299,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_reload(args: argparse.Namespace) -> int:
     from anu_watchd.reload import daemon_decides, request_reload
 
+    config: Config | None = None
     try:
-        config: Config | None = _config(args)
-    except ConfigError:
-        if not daemon_decides(args.pid):
-            raise
-        config = None  # the daemon reads the new config itself, refuses it and says why
-    ok, message = request_reload(config, pid=args.pid, timeout_s=args.timeout)
+        config = _config(args)
+    except ConfigError as exc:
+        refused = f"refused: {exc}"
+    if config is None and not daemon_decides(args.pid):
+        # Nowhere to hear the daemon's answer: refused here, as the same JSON event.
+        ok, message = False, refused
+    else:  # with config None, the daemon reads the new config itself and says why it refuses
+        ok, message = request_reload(config, pid=args.pid, timeout_s=args.timeout)
     code = EX_OK if ok else message_code(message)
     event = {EX_OK: "config_reload_applied", EX_CONFIG: "config_reload_refused"}
     logs.announce(

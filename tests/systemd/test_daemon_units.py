@@ -278,6 +278,26 @@ def test_broken_config_exits_78_without_restart_loop(anu: Container) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("break_it", "status"),
+    [
+        (f"mv {KEY} {KEY}.away", "243"),  # systemd's CREDENTIALS: LoadCredential= source missing
+        (f"chown -R root: {STATE} && chmod 0700 {STATE}", "77"),  # state a root shell left
+    ],
+)
+def test_no_restart_loop_for_a_missing_credential_or_a_foreign_spool(
+    anu: Container, break_it: str, status: str
+) -> None:
+    """A missing key source (243) or state the service may not write (77) fails once."""
+    anu.sh(break_it)
+    try:
+        assert anu.systemctl("start", SERVICE, check=False).returncode != 0
+        props = anu.show(SERVICE, "SubState", "ExecMainStatus", "NRestarts")
+        assert props == {"SubState": "failed", "ExecMainStatus": status, "NRestarts": "0"}
+    finally:
+        anu.sh(f"[ ! -e {KEY}.away ] || mv {KEY}.away {KEY}")
+
+
 def test_credential_readable_by_service_user_only(anu: Container, sealed_key: str) -> None:
     """The key reaches the service as a credential only its user reads; never argv or env."""
     anu.systemctl("start", SERVICE)

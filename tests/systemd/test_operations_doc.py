@@ -121,6 +121,9 @@ def test_installed_as_documented_with_a_root_call_before_the_first_start(host: C
     assert host.path(f"{SPOOL}/memory/state/p0b_driver_enabled").read_text().strip() == "true"
     events = host.run("stat", "-c", "%a %U %G", EVENTS).stdout.split()
     assert events == ["3770", "anu-watchd", "anu-producers"]
+    for unit in (SERVICE, SCAN, "anu-watchd.path"):
+        [doc] = host.show(unit, "Documentation")["Documentation"].split()
+        assert host.path(doc.removeprefix("file:")).is_file(), (unit, doc)
     binary = host.run("readlink", "-f", "/usr/local/bin/anu-watchd").stdout.strip()
     assert binary == "/opt/anu-watchd/bin/anu-watchd"  # the venv's, from the wheels
 
@@ -227,6 +230,15 @@ def test_the_scan_service_and_the_documented_one_shot(host: Container) -> None:
     strays = host.run("find", SPOOL, "!", "-user", "anu-watchd", "!", "-user", WORKER).stdout
     assert strays.split() == []
     host.systemctl("start", SERVICE)
+
+
+def test_switching_to_the_path_unit_and_back(host: Container) -> None:
+    """The doc's switch to the path unit: a worker's result is scanned and woken; then back."""
+    run_doc(host, "switch-to-path")
+    assert host.show(SERVICE, "ActiveState")["ActiveState"] == "inactive"
+    _emit(host, "task-doc-path")
+    assert _verdict(host, "task-doc-path") == "WAKE_BUILT"
+    host.sh("systemctl disable --now anu-watchd.path && systemctl enable --now anu-watchd")
 
 
 def test_start_up_crash_is_one_critical_line_and_exit_70(host: Container) -> None:
