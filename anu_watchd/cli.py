@@ -1,8 +1,9 @@
 """Command line: argument parsing, printing and exit codes only; the work is in ``commands``.
 
 Exit codes are ``errors.ExitCode`` (sysexits): 0 ok, 64 usage, 66 no such input file,
-70 fatal internal or durability failure, 75 temporary (the instance lock is held),
-78 configuration.
+70 fatal internal or durability failure (and any unexpected exception, logged as one
+critical line), 75 temporary (the instance lock is held, no daemon answered), 77
+permission (see ownership.py), 78 configuration.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from anu_watchd import __version__, commands, producer, status
+from anu_watchd import __version__, commands, logs, ownership, producer, status
 from anu_watchd.commands import Runs
 from anu_watchd.config import Config, config_path, load_config
 from anu_watchd.errors import (
@@ -48,8 +49,8 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
 
 
-def _say(msg: str) -> None:
-    print(f"anu-watchd: {shown(msg)}", file=sys.stderr)
+def _say(msg: str, event: str = "command_note", level: str = "info") -> None:
+    logs.announce(event, f"anu-watchd: {shown(msg)}", level=level, stream=sys.stderr)
 
 
 def _key_and_logs(config: Config) -> SealedKey:
@@ -72,9 +73,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(out: Outcome, as_json: bool) -> None:
-    if as_json:
-        doc = {"path": out.path, "task_id": out.task_id, "verdict": str(out.verdict)}
-        print(json.dumps({**doc, "reason": out.reason}, ensure_ascii=False), flush=True)
+    fields = {"path": out.path, "task_id": out.task_id, "verdict": str(out.verdict)}
+    fields["reason"] = out.reason
+    if logs.is_journal_stream(sys.stdout):
+        logs.announce("outcome_reported", out.path, stream=sys.stdout, fields=fields)
+    elif as_json:
+        print(json.dumps(fields, ensure_ascii=False), flush=True)
     else:
         print(f"{out.task_id or out.path}\t{out.verdict}\t{out.reason or ''}".rstrip(), flush=True)
 
@@ -139,8 +143,11 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from anu_watchd.preflight import check_key_source
+
     config = _config(args)
-    print(f"ok: {config.source}")
+    source = check_key_source(config)
+    print(f"ok: {config.source} (key: {source})")
     return ExitCode.OK
 
 
@@ -192,8 +199,26 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    answer = commands.reload(_config(args), pid=args.pid, timeout_s=args.timeout)
-    print(answer.message, file=sys.stdout if answer.ok else sys.stderr)
+    from anu_watchd.reload import daemon_decides
+
+    config: Config | None = None
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        refused = f"refused: {exc}"
+    if config is None and not daemon_decides(args.pid):
+        # Nowhere to hear the daemon's answer: refused here, as the same JSON event.
+        answer = commands.ReloadAnswer(ExitCode.CONFIG, refused)
+    else:  # with config None, the daemon reads the new config itself and says why it refuses
+        answer = commands.reload(config, pid=args.pid, timeout_s=args.timeout)
+    event = {ExitCode.OK: "config_reload_applied", ExitCode.CONFIG: "config_reload_refused"}
+    logs.announce(
+        event.get(answer.code, "config_reload_unanswered"),
+        answer.message,
+        level="info" if answer.ok else "error",
+        stream=sys.stdout if answer.ok else sys.stderr,
+        fields={"exit_code": int(answer.code)},
+    )
     return answer.code
 
 
@@ -231,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Handler, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
+        # Also after the command (`check-config --config PATH`); SUPPRESS keeps the global one.
+        sp.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
         return sp
 
     add("run", cmd_run, "run the daemon in the foreground")
@@ -275,24 +302,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _stdout_closed()
-    except AnuWatchdError as exc:
-        code, message = _failure(exc)
-        _say(message)
-        return code
+    except Exception as exc:  # every failure ends here: one line, a documented exit code
+        return _failed(exc)
 
 
-def _failure(exc: AnuWatchdError) -> tuple[ExitCode, str]:
-    """The exit code and the one line a command that failed with ``exc`` ends on."""
-    if isinstance(exc, ConfigError):
-        return ExitCode.CONFIG, f"configuration error: {exc}"
-    if isinstance(exc, LockHeldError):
-        return ExitCode.TEMPFAIL, f"another instance is running: {exc}"
-    if isinstance(exc, UsageError):
-        return ExitCode.USAGE, str(exc)
-    if isinstance(exc, NoInputError):
-        return ExitCode.NOINPUT, str(exc)
-    if isinstance(exc, OutcomeUnknownError):
-        return ExitCode.TEMPFAIL, f"outcome unknown: {exc}; write the same bytes again (idempotent)"
-    if isinstance(exc, DurabilityError | NotWrittenError):
-        return ExitCode.SOFTWARE, f"fatal: {exc}"
-    return ExitCode.SOFTWARE, f"error: {exc}"
+# (error types, exit code, event, message); the first match wins. A permission
+# problem is looked for between the two tables: a key file we may not read is a
+# configuration error, a state file we may not write is exit 77.
+_FAILURES_FIRST: tuple[tuple[type[Exception], ExitCode, str, str], ...] = (
+    (ConfigError, ExitCode.CONFIG, "config_invalid", "configuration error: {}"),
+    (LockHeldError, ExitCode.TEMPFAIL, "lock_held", "another instance is running: {}"),
+    (UsageError, ExitCode.USAGE, "usage_error", "{}"),
+    (NoInputError, ExitCode.NOINPUT, "no_input", "{}"),
+)
+_FAILURES_THEN: tuple[tuple[type[Exception], ExitCode, str, str], ...] = (
+    (
+        OutcomeUnknownError,
+        ExitCode.TEMPFAIL,
+        "outcome_unknown",
+        "outcome unknown: {}; write the same bytes again (idempotent)",
+    ),
+    (DurabilityError, ExitCode.SOFTWARE, "durability_failure", "fatal: {}"),
+    (NotWrittenError, ExitCode.SOFTWARE, "write_failed", "fatal: {}"),
+    (AnuWatchdError, ExitCode.SOFTWARE, "command_failed", "error: {}"),
+)
+
+
+def _failed(exc: Exception) -> int:
+    """The exit code for ``exc``, after the one line that says why (JSON on the journal)."""
+    for types, code, event, template in _FAILURES_FIRST:
+        if isinstance(exc, types):
+            _say(template.format(exc), event=event, level="error")
+            return code
+    denied = ownership.permission_error(exc)
+    if denied is not None:
+        _say(ownership.denied(denied), event="permission_denied", level="error")
+        return ExitCode.NOPERM
+    for types, code, event, template in _FAILURES_THEN:
+        if isinstance(exc, types):
+            _say(template.format(exc), event=event, level="error")
+            return code
+    logs.crashed(exc)  # one critical line with type and message; never a bare traceback
+    return ExitCode.SOFTWARE

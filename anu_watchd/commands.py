@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from anu_watchd import fsio, markers, producer, quarantine, reconcile, status
+from anu_watchd import fsio, markers, ownership, producer, quarantine, reconcile, status
 from anu_watchd.config import Config
 from anu_watchd.errors import ExitCode, UsageError
 from anu_watchd.locks import InstanceLock, is_held
@@ -75,6 +75,7 @@ def task_files(config: Config, task_id: str) -> TaskFiles:
 def ack(config: Config, task_id: str) -> Path:
     """Write the task's ``.pickup.acked`` marker (for collectors); its path."""
     files = task_files(config, task_id)
+    ownership.assume_owner(config.root)
     doc = {"task_id": task_id, "ts": iso(utc_now())}
     fsio.atomic_write(files.acked, markers.encode_json(doc))
     return files.acked
@@ -82,6 +83,7 @@ def ack(config: Config, task_id: str) -> Path:
 
 def enable(config: Config) -> Path:
     """Write the enable flag; its path."""
+    ownership.assume_owner(config.root)
     flag = config.spool.enable_flag
     flag.parent.mkdir(parents=True, exist_ok=True)
     fsio.atomic_write(flag, b"true\n")
@@ -90,12 +92,14 @@ def enable(config: Config) -> Path:
 
 def disable(config: Config) -> Path:
     """Remove the enable flag, durably; its path."""
+    ownership.assume_owner(config.root)
     fsio.remove_durably(config.spool.enable_flag)
     return config.spool.enable_flag
 
 
 def emit(config: Config, doc: dict[str, Any]) -> Path:
     """Check and write a result document as the producer would; the result's path."""
+    ownership.assume_owner(config.root, producer=True)
     return producer.write_result(config.spool.events_dir, doc, rules=rules_for(config, None))
 
 
@@ -118,6 +122,7 @@ def release(config: Config, name: str) -> Path:
             "give the form `quarantine list` shows"
         )
     exact = named.pop() if named else name
+    ownership.assume_owner(config.root)
     try:
         return quarantine.release(sp.quarantine_dir, exact, sp.events_dir)
     except FileNotFoundError:
@@ -132,7 +137,12 @@ def release(config: Config, name: str) -> Path:
 
 
 def run_locked(config: Config, key: SealedKey, role: str, work: Work) -> Runs:
-    """Hold the instance lock, wire a pipeline and run ``work``; nothing at all when disabled."""
+    """Hold the instance lock, wire a pipeline and run ``work``; nothing at all when disabled.
+
+    The key was read before (root may read a root-only key file); from here on
+    every state file belongs to the spool's owner (ownership.py).
+    """
+    ownership.assume_owner(config.root)
     if not is_enabled(config.spool.enable_flag):
         return Runs(disabled=True)
 
@@ -178,6 +188,7 @@ def retry(config: Config, key: Callable[[], SealedKey], task_id: str) -> RetryAn
     """
     files = task_files(config, task_id)
     if is_held(config.spool.lock_file):
+        ownership.assume_owner(config.root)
         reconcile.request_retry(files, iso(utc_now()))
         return RetryAnswer(requested=True)
 
@@ -193,8 +204,8 @@ def retry(config: Config, key: Callable[[], SealedKey], task_id: str) -> RetryAn
 # -- the running daemon, and the spool as it is ----------------------------------------------
 
 
-def reload(config: Config, *, pid: int | None, timeout_s: float) -> ReloadAnswer:
-    """SIGHUP the daemon and wait, bounded, for its answer."""
+def reload(config: Config | None, *, pid: int | None, timeout_s: float) -> ReloadAnswer:
+    """SIGHUP the daemon and wait, bounded, for its answer (``config`` None: see reload.py)."""
     from anu_watchd.reload import request_reload
 
     code, message = request_reload(config, pid=pid, timeout_s=timeout_s)

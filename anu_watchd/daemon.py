@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from anu_watchd import fsio, logs, reconcile
+from anu_watchd import fsio, logs, ownership, reconcile
 from anu_watchd.config import Config, load_config
 from anu_watchd.errors import (
     ConfigError,
@@ -49,6 +49,7 @@ from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebui
 from anu_watchd.secret import SealedKey, load_key
 from anu_watchd.sinks import Sink, rebuild_sink
 from anu_watchd.spool import is_enabled
+from anu_watchd.status import failed_now
 
 _log = structlog.get_logger("anu_watchd.daemon")
 
@@ -85,6 +86,7 @@ class Daemon:
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._queue: asyncio.Queue[Path | None] = asyncio.Queue(QUEUE_BOUND)
         self._queued: set[str] = set()
+        self.failed_now = 0  # FIRE_FAILED tasks not yet retried, counted by the status ticker
         self._rescan_wanted = asyncio.Event()
         self._rescan_reasons: set[str] = set()
         self._stop = asyncio.Event()
@@ -131,8 +133,10 @@ class Daemon:
             self._boot_config = load_config(self.config_path)
             self._key = load_key(self.config.key.file, environ=self.environ, root=self.config.root)
         except ConfigError as exc:
-            print(f"anu-watchd: configuration error: {exc}", file=sys.stderr, flush=True)
+            message = f"anu-watchd: configuration error: {exc}"
+            logs.announce("config_invalid", message, level="error")
             return ExitCode.CONFIG
+        ownership.assume_owner(self.config.root)  # root drops to the spool's owner, or exit 77
         logs.configure(level=self.config.log.level, fmt=self.config.log.format, key=self.key)
         ensure_dirs(self.config)
         lock = InstanceLock(self.config.spool.lock_file, role="run")
@@ -489,19 +493,24 @@ class Daemon:
         return self._fatal is None and intake_alive and st.ledger.healthy and st.evidence.healthy
 
     def _status_text(self) -> str:
-        c = self.counts
+        """STATUS=: the state now (driver, activation, pending, failed, in flight), then totals."""
+        c, config = self.counts, self.config
+        enabled = "enabled" if is_enabled(config.spool.enable_flag) else "DISABLED"
+        activated = "activated" if config.wake.activated else "not activated"
+        waiting = self._queue.qsize()
         return (
-            f"woken={c['WAKE_BUILT']} skipped={c['PICKUP_SKIP']} "
-            f"quarantined={c['QUARANTINE']} failed={c['FIRE_FAILED']} "
-            f"not_activated={c['FIRE_NOT_ACTIVATED']} "
-            f"overflows={self._intake.overflows if self._intake is not None else 0} "
-            f"queued={self._queue.qsize()}"
+            f"{enabled}, {activated}; pending={waiting} in_flight={len(self._queued) - waiting} "
+            f"failed={self.failed_now}; since start: "
+            f"woken={c['WAKE_BUILT']} quarantined={c['QUARANTINE']} "
+            f"failed={c['FIRE_FAILED']} not_activated={c['FIRE_NOT_ACTIVATED']} "
+            f"overflows={self._intake.overflows if self._intake is not None else 0}"
         )
 
     async def _status_ticker(self) -> None:
         last = ""
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
+            self.failed_now = await asyncio.to_thread(failed_now, self.config.spool.events_dir)
             text = self._status_text()
             if text != last:
                 self.notifier.status(text)

@@ -49,6 +49,7 @@ class ExitCode(enum.IntEnum):
     NOINPUT = 66  # EX_NOINPUT: a file the command was given does not exist
     SOFTWARE = 70  # EX_SOFTWARE: fatal; a durability failure, a corrupt ledger, the watch lost
     TEMPFAIL = 75  # EX_TEMPFAIL: try again later; the instance lock is held
+    NOPERM = 77  # EX_NOPERM: this user must not write the spool's state (ownership.py)
     CONFIG = 78  # EX_CONFIG: invalid configuration or key file; systemd does not restart
 
 
@@ -101,6 +102,10 @@ class StatePathError(DurabilityError):
 
     def __init__(self, path: object, op: str, reason: str) -> None:
         super().__init__(f"{path}: cannot {op}: {reason}")
+
+
+class NotOwnerError(AnuWatchdError, PermissionError):
+    """This user must not write the spool's state; the message names the user to run as (77)."""
 
 
 class WriteError(AnuWatchdError, OSError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from anu_watchd.spool import ACKED_SUFFIX, RETRY_SUFFIX, is_result_name, task_id
 DIR_MASK = (
     Mask.CLOSE_WRITE
     | Mask.MOVED_TO
+    | Mask.CREATE  # only for what no CLOSE_WRITE follows: see made_in_place_unsafe
     | Mask.DELETE_SELF
     | Mask.MOVE_SELF
     | Mask.ONLYDIR
@@ -93,6 +95,16 @@ def classify(name: str, glob: str) -> tuple[Kind, str | None] | None:
             tid = task_id_with_suffix(name, suffix)
             return (kind, tid) if tid is not None else None
     return None
+
+
+def made_in_place_unsafe(path: Path) -> bool:
+    """A name created as a symlink, FIFO, directory, socket or hard link: no CLOSE_WRITE will
+    follow, so the pipeline must see it now (and quarantine it NOT_REGULAR_FILE)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False  # gone already
+    return not stat.S_ISREG(st.st_mode) or st.st_nlink > 1
 
 
 def filesystem_type(path: Path) -> str:
@@ -185,7 +197,10 @@ class Intake:
         kind = classify(name.name, self.glob)
         if kind is None:
             return None
-        return IntakeEvent(kind[0], self.events_dir / name, task_id=kind[1])
+        path = self.events_dir / name
+        if Mask.CREATE in mask and not (kind[0] is Kind.RESULT and made_in_place_unsafe(path)):
+            return None  # a regular file: its CLOSE_WRITE (or the rename onto it) follows
+        return IntakeEvent(kind[0], path, task_id=kind[1])
 
     def _from_flag_dir(self, mask: Mask, name: Path | None) -> IntakeEvent | None:
         if name is None:

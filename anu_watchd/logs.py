@@ -17,6 +17,13 @@ of our output stream), each line is prefixed with its sd-daemon priority
 ``<N>``: journald strips it into ``PRIORITY`` so ``journalctl -p err`` works
 and ``MESSAGE`` stays pure JSON.
 
+One-shot commands (the reload helper, ``scan --once`` under the path unit)
+talk to their user with ``announce``: the human text on a terminal, one JSON
+object on the journal, so everything a unit writes there parses. ``crashed``
+is the last word of an unexpected exception: one ``critical`` line with the
+type and message (never the traceback's locals), for the exit 70 that
+follows.
+
 Loggers are not cached on first use, so ``reconfigure_level`` (SIGHUP) takes
 effect for module-level loggers too.
 """
@@ -24,10 +31,12 @@ effect for module-level loggers too.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import threading
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -74,6 +83,55 @@ def configure(
         logger_factory=lambda *_args: writer,
         cache_logger_on_first_use=False,
     )
+
+
+def announce(
+    event: str,
+    text: str,
+    *,
+    level: str = "info",
+    stream: TextIO | None = None,
+    fields: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Tell a one-shot command's user one thing: ``text`` on a terminal, JSON on the journal.
+
+    On the journal the line is ``<N>`` + ``{"timestamp", "level", "event", "message",
+    **fields}``, so a unit's every line parses and ``journalctl -p`` sees its priority.
+    """
+    out = sys.stderr if stream is None else stream
+    if is_journal_stream(out, environ):
+        doc = {"timestamp": _now(), "level": level, "event": event, "message": text}
+        doc.update(fields or {})
+        line = f"<{PRIORITIES.get(level, 5)}>{json.dumps(doc, ensure_ascii=False, default=str)}"
+    else:
+        line = text
+    with contextlib.suppress(OSError, ValueError):
+        out.write(line + "\n")
+        out.flush()
+
+
+def crashed(exc: BaseException, *, stream: TextIO | None = None) -> None:
+    """Log an unexpected exception as one ``critical`` line: type and message, no traceback.
+
+    Through structlog if configured (the key is then redacted), else by ``announce``:
+    a crash before the config was read has no key to leak.
+    """
+    fields = {"error_type": type(exc).__name__, "error": str(exc)}
+    if structlog.is_configured():
+        get_logger("anu_watchd").critical("unexpected_exception", **fields)
+        return
+    announce(
+        "unexpected_exception",
+        f"anu-watchd: unexpected {fields['error_type']}: {fields['error']}",
+        level="critical",
+        stream=stream,
+        fields=fields,
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def reconfigure_level(level: str) -> None:

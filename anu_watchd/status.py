@@ -71,6 +71,15 @@ def _pending(events_dir: Path, names: set[str], glob: str) -> int:
     return n
 
 
+def failed_now(events_dir: Path) -> int:
+    """How many tasks are FIRE_FAILED now (a failed marker present), for STATUS=."""
+    try:
+        with os.scandir(events_dir) as it:
+            return sum(1 for e in it if e.name.endswith(FAILED_SUFFIX))
+    except OSError:
+        return 0
+
+
 def collect(config: Config) -> dict[str, Any]:
     """The document ``status --json`` prints."""
     spool = config.spool

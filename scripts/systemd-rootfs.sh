@@ -16,8 +16,10 @@ MIRROR=${ANU_WATCHD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 ROOTFS=$CACHE/rootfs-$SUITE
 STAMP=$ROOTFS.stamp
-# systemd as PID 1; procps for /bin/kill; full python3 (python3-minimal lacks asyncio).
-PACKAGES=systemd,procps,python3
+# systemd as PID 1; procps for /bin/kill; full python3 (python3-minimal lacks asyncio);
+# python3-venv for the install docs/operations.md gives; rsyslog and jq for its log shipping;
+# dbus, which systemd-run (its one-shot commands) needs and a real host has.
+PACKAGES=systemd,procps,python3,python3-venv,rsyslog,jq,dbus
 WANT="suite=$SUITE packages=$PACKAGES variant=minbase v=2"
 
 log() { printf 'systemd-rootfs: %s\n' "$*" >&2; }

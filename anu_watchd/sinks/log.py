@@ -17,7 +17,10 @@ class LogSink:
     supports_update = False
 
     async def register(self, envelope: bytes, *, idempotency_key: str) -> str:
-        _log.info("wake_logged", envelope=json.loads(envelope), idempotency_key=idempotency_key)
+        doc = json.loads(envelope)
+        # task_id at top level too: every line about a task carries it (docs/operations.md).
+        task_id = doc.get("task_id") if isinstance(doc, dict) else None
+        _log.info("wake_logged", task_id=task_id, envelope=doc, idempotency_key=idempotency_key)
         # Deterministic, so a re-fire after a crash reports the same id.
         return "log-" + idempotency_key.removeprefix("ik1-")[:16]
 

@@ -145,14 +145,27 @@ def test_losing_the_events_directory_exits_70(spool: Spool, daemon: DaemonProc) 
     assert daemon.events("durability_failure") == []
 
 
+def test_symlink_and_fifo_made_in_place_are_quarantined_at_once(
+    spool: Spool, daemon: DaemonProc
+) -> None:
+    """A symlink and a FIFO created under result names are quarantined NOT_REGULAR_FILE on
+    their IN_CREATE, not left for the backstop rescan (300 s)."""
+    os.symlink("/etc/hostname", spool.events / "task-link.result.json")
+    os.mkfifo(spool.events / "task-fifo.result.json")
+    found = wait_for(lambda: len(spool.quarantined()) == 2 and spool.quarantined(), 10, "both")
+    assert {q["reason"] for q in found} == {"NOT_REGULAR_FILE"}
+
+
 def test_status_line_carries_counters(spool: Spool, daemon: DaemonProc) -> None:
-    """STATUS= reports the verdict counters."""
+    """STATUS= reports the state now (enabled, activated, pending), then the counters."""
     spool.drop("task-1")
     wait_for(
         lambda: any("woken=1" in d for d in daemon.notified_prefix("STATUS=")),
         20,
         "STATUS with woken=1",
     )
+    states = daemon.notified_prefix("STATUS=")
+    assert all("STATUS=enabled, activated; pending=" in d for d in states), states
 
 
 @pytest.mark.slow

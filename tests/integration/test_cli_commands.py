@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.spool import Spool, json_lines, valid_doc
+from tests.spool import Spool, json_lines, run_cli, valid_doc
 
 
 def test_emit_writes_a_valid_result_atomically(spool: Spool) -> None:
@@ -258,3 +258,27 @@ def test_console_log_format_escapes_hostile_paths(spool: Spool) -> None:
     assert res.returncode == 0, res.stderr
     assert "pwned" in res.stderr
     assert "\x1b" not in res.stderr and "\x07" not in res.stderr
+
+
+def test_options_go_before_or_after_the_command(spool: Spool) -> None:
+    """`check-config --config PATH` works as well as `--config PATH check-config`."""
+    res = run_cli(["check-config", "--config", str(spool.config)])
+    assert res.returncode == 0 and "ok" in res.stdout
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_70(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug (here an injected RuntimeError under ``status``) is one line naming the
+    exception's type and message, and exit 70: never a traceback and Python's exit 1."""
+    from anu_watchd import cli, commands
+
+    def broken(_config: object) -> dict[str, object]:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(commands, "spool_status", broken)  # the one seam: a bug in a command
+    assert cli.main(["--config", str(spool.config), "status"]) == 70
+    err = capsys.readouterr().err
+    [line] = err.splitlines()
+    assert "RuntimeError" in line and "injected fault" in line
+    assert "Traceback" not in err

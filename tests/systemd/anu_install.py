@@ -2,9 +2,9 @@
 
 The rootfs comes from scripts/systemd-rootfs.sh; the package is built on the host
 into a directory bound read-only into the container, where an entry point like
-the one a wheel install creates runs it with Debian's Python 3.11. The install
-follows the comments in units/anu-watchd.service: a system user, the spool, the
-units, the example config and the key.
+the one a wheel install creates runs it with Debian's Python 3.11. The rest of
+the install is the ``install-system`` block of docs/operations.md, run as written
+(``build_wheels`` makes what its ``install-package`` block installs offline).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from doc_blocks import run_block
 from nspawn_harness import CannotBoot, Container, HarnessError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,6 +106,27 @@ def build_site() -> Path:
     return site
 
 
+def build_wheels() -> Path:
+    """anu-watchd and its dependencies as wheels (the docs' offline install), cached."""
+    sources = _source_files()
+    wheels = CACHE / f"wheels-{_digest(*(bytes(f) + (REPO / f).read_bytes() for f in sources))}"
+    if wheels.is_dir():
+        return wheels
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE, prefix="build-") as tmp:
+        src, target = Path(tmp, "src"), Path(tmp, "wheels")
+        for f in sources:
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, src / f)
+        for name in ("README.md", "LICENSE"):
+            if (REPO / name).exists():
+                shutil.copy2(REPO / name, src / name)
+        _run_host([*PIP, "wheel", "-w", str(target), str(src)])
+        with contextlib.suppress(OSError):
+            target.rename(wheels)
+    return wheels
+
+
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 
 
@@ -125,7 +147,7 @@ def _build_deps() -> Path:
 
 def _prune_cache(keep: set[Path]) -> None:
     """Drop builds of older sources (a day old), so the cache does not grow forever."""
-    for old in [*CACHE.glob("site-*"), *CACHE.glob("deps-*")]:
+    for old in [*CACHE.glob("site-*"), *CACHE.glob("deps-*"), *CACHE.glob("wheels-*")]:
         if old not in keep and time.time() - old.stat().st_mtime > 86400:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -153,17 +175,28 @@ sys.exit(main())
 """
 
 
+# Where the parts of a checkout the docs' commands copy from (units/, docs/) are put.
+SRC_IN_CONTAINER = "/opt/anu-watchd-src"
+WHEELS_IN_CONTAINER = "/opt/anu-watchd-wheels"
+
+
+def copy_checkout(c: Container) -> None:
+    """units/ and docs/ of this checkout, where the docs' commands are run from."""
+    for sub in ("units", "docs"):
+        for f in sorted((REPO / sub).iterdir()):
+            if f.is_file():
+                c.write(f"{SRC_IN_CONTAINER}/{sub}/{f.name}", f.read_text())
+
+
+def run_doc(c: Container, name: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``<!-- run: NAME -->`` block of docs/operations.md as root, from the checkout."""
+    exports = "".join(f"export {k}='{v}'\n" for k, v in env.items())
+    return c.sh(f"cd {SRC_IN_CONTAINER}\n{exports}{run_block(name)}", timeout=300)
+
+
 def install_anu_watchd(c: Container, key: str) -> None:
-    """Install as docs/operations.md says: user, spool, binary, units, example config, key."""
-    c.sh(
-        f"useradd --system --user-group --home-dir {SPOOL} --shell /usr/sbin/nologin anu-watchd"
-        f" && install -d -o anu-watchd -g anu-watchd -m 0750 {SPOOL}"
-        f" {SPOOL}/memory {SPOOL}/memory/events {SPOOL}/memory/state"
-        " && install -d -m 0755 /etc/anu-watchd"
-    )
+    """The entry point, then the docs' install-system block as written; then this run's key."""
     c.write(BIN_IN_CONTAINER, ENTRY_POINT, mode=0o755)
-    for name in UNIT_FILES:
-        c.write(f"{UNIT_DIR}/{name}", (REPO / "units" / name).read_text())
-    c.write(CONFIG, (REPO / "units" / "anu-watchd.toml.example").read_text())
+    copy_checkout(c)
+    run_doc(c, "install-system")
     c.write(KEY, key + "\n", mode=0o600)
-    c.systemctl("daemon-reload")

@@ -46,7 +46,7 @@ EVENTS = f"{SPOOL}/memory/events"
 STATE = f"{SPOOL}/memory/state"
 WAKES = f"{SPOOL}/wakes"
 RECORDER = "/usr/local/bin/anu-test-wake"
-CRON_KEY = "/etc/anu-watchd/anu-key-cron"
+KEY = "/etc/anu-watchd/anu-key"
 # The catalog id of PID 1's "Started <unit>" / "Finished <unit>" message.
 UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"
 # sd-daemon priorities of the structlog levels (syslog numbering).
@@ -101,8 +101,8 @@ def _reset(c: Container) -> None:
     c.systemctl("stop", PATH_UNIT, SCAN, SERVICE, check=False)
     c.sh(
         f"rm -rf {UNIT_DIR}/{SERVICE}.d {SPOOL}/memory {WAKES}"
-        f" && install -d -o anu-watchd -g anu-watchd -m 0750"
-        f" {SPOOL}/memory {EVENTS} {STATE} {WAKES}"
+        " && systemd-tmpfiles --create anu-watchd.conf"
+        f" && install -d -o anu-watchd -g anu-watchd -m 0750 {STATE} {WAKES}"
     )
     c.write(f"{STATE}/p0b_driver_enabled", "true")
     c.write(RECORDER, RECORDER_SCRIPT, mode=0o755)
@@ -278,6 +278,26 @@ def test_broken_config_exits_78_without_restart_loop(anu: Container) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("break_it", "status"),
+    [
+        (f"mv {KEY} {KEY}.away", "243"),  # systemd's CREDENTIALS: LoadCredential= source missing
+        (f"chown -R root: {STATE} && chmod 0700 {STATE}", "77"),  # state a root shell left
+    ],
+)
+def test_no_restart_loop_for_a_missing_credential_or_a_foreign_spool(
+    anu: Container, break_it: str, status: str
+) -> None:
+    """A missing key source (243) or state the service may not write (77) fails once."""
+    anu.sh(break_it)
+    try:
+        assert anu.systemctl("start", SERVICE, check=False).returncode != 0
+        props = anu.show(SERVICE, "SubState", "ExecMainStatus", "NRestarts")
+        assert props == {"SubState": "failed", "ExecMainStatus": status, "NRestarts": "0"}
+    finally:
+        anu.sh(f"[ ! -e {KEY}.away ] || mv {KEY}.away {KEY}")
+
+
 def test_credential_readable_by_service_user_only(anu: Container, sealed_key: str) -> None:
     """The key reaches the service as a credential only its user reads; never argv or env."""
     anu.systemctl("start", SERVICE)
@@ -349,16 +369,19 @@ def _cron_job() -> tuple[dict[str, str], str, str]:
 
 
 def test_cron_line_scans_and_skips_while_locked(anu: Container, sealed_key: str) -> None:
-    """The cron job's command scans as anu-watchd, and does nothing while its flock is held."""
+    """The cron job scans as root with the root-only key, leaves only anu-watchd's files, and
+    does nothing while its flock is held."""
     env, user, command = _cron_job()
-    anu.write(CRON_KEY, sealed_key + "\n", mode=0o400)
-    anu.run("chown", "anu-watchd:", CRON_KEY)
-    anu.write(CONFIG, _config(key_file=CRON_KEY))
+    assert user == "root"
+    anu.write(CONFIG, _config(key_file=KEY))
     as_cron = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), env["SHELL"], "-c", command]
 
     _drop_result(anu, "task-sd-cron-1")
     anu.run(*as_cron, user=user)
     _wait_woken(anu, "task-sd-cron-1", timeout=1)
+    root_owned = set(anu.run("find", f"{SPOOL}/memory", "-user", "root").stdout.split())
+    # Only what the test itself wrote as root: the flag and the dropped result.
+    assert root_owned == {f"{STATE}/p0b_driver_enabled", f"{EVENTS}/task-sd-cron-1.result.json"}
 
     lock = re.search(r"flock -n (\S+)", command)
     assert lock, command

@@ -39,13 +39,13 @@ def _broken_copy(tmp_path: Path, line: str) -> Path:
 
 @needs_analyze
 def test_lint_passes_and_prints_exposure() -> None:
-    """The shipped units lint clean and the exposure of anu-watchd.service is printed, <= 2.0."""
+    """The shipped units lint clean and the exposure of anu-watchd.service is printed, <= 1.2."""
     proc = _lint(UNITS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     found = re.search(r"security anu-watchd\.service: exposure ([0-9.]+)", proc.stdout)
     assert found, proc.stdout
     print(f"anu-watchd.service exposure (offline): {found.group(1)}")
-    assert float(found.group(1)) <= 2.0
+    assert float(found.group(1)) <= 1.2
 
 
 @needs_analyze
@@ -59,7 +59,7 @@ def test_lint_fails_on_an_ignored_line(tmp_path: Path, line: str) -> None:
 
 @needs_analyze
 def test_lint_fails_above_the_exposure_limit(tmp_path: Path) -> None:
-    """Loosening the sandbox past an exposure of 2.0 fails the lint."""
+    """Loosening the sandbox past an exposure of 1.2 fails the lint."""
     copy = tmp_path / "units"
     shutil.copytree(UNITS, copy)
     service = copy / "anu-watchd.service"
@@ -71,15 +71,17 @@ def test_lint_fails_above_the_exposure_limit(tmp_path: Path) -> None:
     service.write_text("\n".join(kept) + "\n")
     proc = _lint(copy)
     assert proc.returncode == 1
-    assert re.search(r"anu-watchd\.service exposure [0-9.]+ > 2\.0", proc.stderr)
+    assert re.search(r"anu-watchd\.service exposure [0-9.]+ > 1\.2", proc.stderr)
 
 
 def test_example_config_is_valid() -> None:
-    """The example config loads under the strict loader, rooted at the units' writable path."""
+    """The example config loads under the strict loader, rooted at the units' StateDirectory=."""
     config = load_config(UNITS / "anu-watchd.toml.example")
     assert config.root == Path("/var/lib/anu-watchd")
-    service = (UNITS / "anu-watchd.service").read_text()
-    assert f"ReadWritePaths={config.root}\n" in service
+    for name in ("anu-watchd.service", "anu-watchd-scan.service"):
+        assert f"StateDirectory={config.root.name}\n" in (UNITS / name).read_text()
+    tmpfiles = (UNITS / "anu-watchd.tmpfiles").read_text()
+    assert f" {config.spool.events_dir} 3770 anu-watchd anu-producers " in tmpfiles
 
 
 def test_path_unit_watches_the_configured_events_dir() -> None:

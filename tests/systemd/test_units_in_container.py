@@ -48,13 +48,14 @@ def test_units_load_without_warnings(container: Container) -> None:
     assert complaints == []
 
 
-def test_exposure_at_most_2_inside(container: Container) -> None:
-    """systemd-analyze security on the loaded service reports an exposure of 2.0 or less."""
-    out = container.run("systemd-analyze", "security", "--no-pager", "anu-watchd.service").stdout
-    found = re.search(r"Overall exposure level for anu-watchd\.service: ([0-9.]+)", out)
+@pytest.mark.parametrize("unit", ["anu-watchd.service", "anu-watchd-scan.service"])
+def test_exposure_at_most_1_2_inside(container: Container, unit: str) -> None:
+    """systemd-analyze security on each loaded service reports an exposure of 1.2 or less."""
+    out = container.run("systemd-analyze", "security", "--no-pager", unit).stdout
+    found = re.search(rf"Overall exposure level for {re.escape(unit)}: ([0-9.]+)", out)
     assert found, out
-    print(f"anu-watchd.service exposure (loaded by PID 1): {found.group(1)}")
-    assert float(found.group(1)) <= 2.0
+    print(f"{unit} exposure (loaded by PID 1): {found.group(1)}")
+    assert float(found.group(1)) <= 1.2
 
 
 def test_start_returns_only_after_ready(container: Container) -> None:

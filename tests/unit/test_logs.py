@@ -206,3 +206,39 @@ def test_write_failure_does_not_raise() -> None:
     out = setup()
     out.close()
     logs.get_logger().info("lost")
+
+
+def test_announce_is_text_on_a_terminal_and_json_on_the_journal(tmp_path: Path) -> None:
+    """A one-shot command's line: the text as is, or one <N>-prefixed JSON object."""
+    plain = io.StringIO()
+    logs.announce("lock_held", "anu-watchd: busy", level="error", stream=plain, environ={})
+    assert plain.getvalue() == "anu-watchd: busy\n"
+    with (tmp_path / "journal").open("w+") as stream:
+        env = journal_env(stream.fileno())
+        fields = {"a": 1}
+        logs.announce("lock_held", "busy", level="error", stream=stream, fields=fields, environ=env)
+        stream.seek(0)
+        line = stream.read()
+    assert line.startswith("<3>") and line.endswith("\n")
+    doc = json.loads(line[3:])
+    assert (doc["event"], doc["level"], doc["message"]) == ("lock_held", "error", "busy")
+    assert doc["a"] == 1
+
+
+def test_crashed_before_configuration_is_one_critical_line(tmp_path: Path) -> None:
+    """An exception before logs are configured is one critical JSON line on the journal."""
+    with (tmp_path / "journal").open("w+") as stream:
+        os.environ["JOURNAL_STREAM"] = journal_env(stream.fileno())["JOURNAL_STREAM"]
+        try:
+            logs.crashed(FileExistsError(17, "File exists", "/spool/q"), stream=stream)
+        finally:
+            del os.environ["JOURNAL_STREAM"]
+        stream.seek(0)
+        lines = stream.read().splitlines()
+    [line] = lines
+    doc = json.loads(line.removeprefix("<2>"))
+    assert (doc["level"], doc["event"], doc["error_type"]) == (
+        "critical",
+        "unexpected_exception",
+        "FileExistsError",
+    )
