@@ -35,6 +35,7 @@ from anu_watchd.errors import ConfigError, DurabilityError, LockHeldError
 from anu_watchd.intake import Intake, IntakeEvent, Kind, filesystem_type, is_network_fs
 from anu_watchd.locks import InstanceLock
 from anu_watchd.markers import encode_json
+from anu_watchd.metrics import Exporter, Metrics, SpoolView
 from anu_watchd.notify import Notifier, watchdog_loop
 from anu_watchd.pipeline import RUNS_IN_FLIGHT, Pipeline, is_enabled, iso, utc_now
 from anu_watchd.receipts import ReceiptWatch, mark_received
@@ -77,6 +78,8 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._workers: list[asyncio.Task[None]] = []
         self.receipts = ReceiptWatch()
+        self.metrics = Metrics()  # lives as long as the daemon: counters survive a reload
+        self.exporter = Exporter(self.metrics.registry)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -96,18 +99,20 @@ class Daemon:
             _log.error("lock_held", error=str(exc))
             return EX_TEMPFAIL
         try:
-            async with open_pipeline(self.config, self.key) as pipeline:
+            async with open_pipeline(self.config, self.key, self.metrics) as pipeline:
                 self.pipeline = pipeline
                 return await self._serve_with(pipeline)
         except DurabilityError as exc:
             _log.critical("durability_failure", error=str(exc))
             return EX_SOFTWARE
         finally:
+            self.exporter.close()
             lock.release()
 
     async def _serve_with(self, pipeline: Pipeline) -> int:
         self.intake = self._arm(self.config)
         self._install_signals()
+        self._export_metrics(pipeline)
         await scan.recover_markers(pipeline)
         self.notifier.ready(status=self._status_text())
         _log.info(
@@ -135,6 +140,12 @@ class Daemon:
                 hint="inotify misses remote writes; use scan --once on a timer",
             )
         return intake
+
+    def _export_metrics(self, pipeline: Pipeline) -> None:
+        self.metrics.watch_queue(self._queue.qsize)
+        ledger = pipeline.stages.ledger
+        self.metrics.watch_spool(lambda: SpoolView(self.config.spool.events_dir, ledger))
+        self.exporter.apply(self.config.metrics)
 
     def _start_tasks(self) -> None:
         # Spawned like every other task: a worker's DurabilityError must stop the daemon.
@@ -220,7 +231,8 @@ class Daemon:
     async def _worker(self) -> None:
         while (path := await self._queue.get()) is not None:
             self._queued.discard(path.name)
-            out = await self.pipeline.pickup(path, scan=True)
+            with self.metrics.in_flight():
+                out = await self.pipeline.pickup(path, scan=True)
             if out is not None:
                 self.counts[str(out.verdict)] += 1
         return None
@@ -249,6 +261,7 @@ class Daemon:
             await self.enqueue(ev.path)
         elif ev.kind is Kind.OVERFLOW:
             _log.warning("inotify_overflow", overflows=self.intake.overflows)
+            self.metrics.overflowed()
             self.request_rescan("overflow")
         elif ev.kind is Kind.FLAG:
             self._on_flag()
@@ -299,6 +312,7 @@ class Daemon:
             await self._on_retry(task_id)
         names = await asyncio.to_thread(scan.list_results, spool.events_dir, spool.result_glob)
         _log.info("rescan_started", reasons=reasons, listed=len(names))
+        self.metrics.rescanned(reasons)
         for name in names:  # a Path only once its turn comes (the queue is bounded)
             await self.enqueue(spool.events_dir / name)
 
@@ -376,7 +390,7 @@ class Daemon:
         stages = self.pipeline.stages
         sink = stages.sink
         if new.wake != old.wake:
-            sink = build_sink(new, self.key)
+            sink = self.metrics.metered(build_sink(new, self.key), new.wake.sink)
         self.pipeline.stages = attrs.evolve(
             stages, config=new, sink=sink, rules=rules_for(new, self.key)
         )
@@ -384,6 +398,7 @@ class Daemon:
             await stages.sink.aclose()
         self.config = new
         logs.reconfigure_level(new.log.level)
+        self.exporter.apply(new.metrics)
         rearm = (new.spool.events_dir, new.spool.enable_flag, new.spool.result_glob) != (
             old.spool.events_dir,
             old.spool.enable_flag,

@@ -430,6 +430,11 @@ class Ledger:
             if (v & 7) in _TERMINAL:
                 yield task.decode("utf-8", "surrogatepass"), _STATES[(v & 7) - 1]
 
+    @property
+    def lines(self) -> int:
+        """Lines in the ledger (recovered at open plus appended since)."""
+        return self._lines + self._appended
+
     def counts(self) -> dict[str, int]:
         """How many keys are in each latest state."""
         return {s.value: self._counts[_CODES[s]] for s in _STATES}

@@ -42,6 +42,7 @@ from anu_watchd.errors import (
 from anu_watchd.escalate import escalate
 from anu_watchd.ledger import Ledger
 from anu_watchd.markers import FileStamp, TaskFiles
+from anu_watchd.metrics import Metrics
 from anu_watchd.model import (
     TASK_ID_RE,
     FourTuple,
@@ -93,6 +94,7 @@ class Stages:
     clock: Callable[[], datetime] = utc_now
     sleep: Sleep = asyncio.sleep
     projections: ProjectionWriter = attrs.field(factory=ProjectionWriter)
+    metrics: Metrics = attrs.field(factory=Metrics)
 
 
 def is_enabled(flag: Path) -> bool:
@@ -116,6 +118,7 @@ class _Run:
         self.st = st
         self.run_id = uuid.uuid4().hex[:16]
         self.t0 = time.perf_counter()
+        self.renamed_ns: int | None = None  # the result's ctime: its rename, for the latency
         self.log = _log.bind(run_id=self.run_id, path=str(path), task_id=task_id)
 
     @property
@@ -181,6 +184,7 @@ class Pipeline:
             return await self._quarantine(run, path, task_id, None, rej)
         if inp is None:
             return None
+        run.renamed_ns = inp.st.st_ctime_ns
         sha = hashlib.sha256(inp.data).hexdigest()
         run.log = run.log.bind(sha256=sha)
         checked = validate(inp.data, task_id=task_id, rules=st.rules)
@@ -556,6 +560,7 @@ class Pipeline:
 
     async def _finish(self, run: _Run, out: Outcome) -> Outcome:
         await run.st.evidence.append(out.evidence())
+        run.st.metrics.finished(out, run.renamed_ns)
         # One line a run, also for a wake (its schedule id is here): each line costs ~0.1 ms.
         run.log.info(
             "pickup_finished",
