@@ -235,12 +235,17 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def _shown(text: str) -> str:
-    """``text`` for one tab-separated line of a terminal: control characters and ``\\`` escaped."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(
-        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode() for c in text
-    )
+    return quarantine.shown(text)  # one home for terminal escaping (show TASK uses it too)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from anu_watchd import story
+
+    if not TASK_ID_RE.fullmatch(args.task):
+        raise UsageError(f"task id must match {TASK_ID_RE.pattern}")
+    doc = story.collect(_config(args), args.task)
+    print(json.dumps(doc) if args.json else story.render(doc))  # ASCII: names may not be UTF-8
+    return EX_OK
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
@@ -327,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("enable", cmd_enable, "write the enable flag")
     add("disable", cmd_disable, "remove the enable flag")
     sp = add("status", cmd_status, "counts, pending, failed, quarantined, unacked, last runs")
+    sp.add_argument("--json", action="store_true")
+    sp = add("show", cmd_show, "one task's whole story, oldest first, and what happens next")
+    sp.add_argument("task", metavar="TASK")
     sp.add_argument("--json", action="store_true")
     sp = add("quarantine", cmd_quarantine, "inspect or release quarantined inputs")
     sp.add_argument("action", choices=("list", "release"))

@@ -103,6 +103,15 @@ def _clip(name: str) -> str:
 # -- inspection -----------------------------------------------------------------
 
 
+def shown(text: str) -> str:
+    """``text`` for one tab-separated line of a terminal: control characters and ``\\`` escaped."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode() for c in text
+    )
+
+
 @attrs.frozen
 class QuarantineEntry:
     """One quarantined file as ``quarantine list`` shows it; None where the sidecar is silent."""
