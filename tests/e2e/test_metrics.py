@@ -153,9 +153,7 @@ def test_a_reload_that_moves_the_endpoint_keeps_the_counters(
     assert by_label(parse(text), name, "verdict") == {"WAKE_BUILT": 1, "QUARANTINE": 1}
 
 
-def test_the_textfile_holds_the_final_counts_after_a_stop(
-    spool: Spool, daemon: DaemonProc
-) -> None:
+def test_the_textfile_holds_the_final_counts_after_a_stop(spool: Spool, daemon: DaemonProc) -> None:
     """At a clean stop the textfile is rewritten with the last counts, matching the evidence."""
     spool.drop("task-ok-1")
     spool.drop("task-fail-1")

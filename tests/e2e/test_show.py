@@ -92,7 +92,10 @@ def test_a_quarantined_then_fixed_task(spool: Spool, daemon: DaemonProc) -> None
     doc = show(spool, "task-2")
     # The release moved the entry back: the evidence line keeps the quarantine and its reason.
     assert [w for s, w in steps(doc) if s != "marker"] == [
-        "QUARANTINE", "CLAIMED", "DONE", "WAKE_BUILT"
+        "QUARANTINE",
+        "CLAIMED",
+        "DONE",
+        "WAKE_BUILT",
     ]
     assert doc["history"][0]["reason"] == "INVALID_JSON"
     assert doc["next"]["state"] == "awaiting_ack"

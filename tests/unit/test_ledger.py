@@ -429,10 +429,18 @@ def test_task_history_finds_every_line_of_one_task_and_no_other(tmp_path: Path) 
     def line(task: str, state: LedgerState, attempt: int = 1) -> bytes:
         return encode(LedgerEntry(f"k-{task}", task, "s", "anu", state, attempt, "t").to_json())
 
-    other_order = json.dumps(
-        dict(reversed(LedgerEntry("k-task-1", "task-1", "s", "anu", LedgerState.RETRY, 1, "t")
-                      .to_json().items()))
-    ).encode() + b"\n"
+    other_order = (
+        json.dumps(
+            dict(
+                reversed(
+                    LedgerEntry("k-task-1", "task-1", "s", "anu", LedgerState.RETRY, 1, "t")
+                    .to_json()
+                    .items()
+                )
+            )
+        ).encode()
+        + b"\n"
+    )
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(
         line("task-1", LedgerState.CLAIMED)
@@ -442,6 +450,8 @@ def test_task_history_finds_every_line_of_one_task_and_no_other(tmp_path: Path) 
         + line("task-1", LedgerState.DONE, 2)[:-20]  # torn: still being written
     )
     assert [e.state for e in task_history(path, "task-1")] == [
-        LedgerState.CLAIMED, LedgerState.FAILED, LedgerState.RETRY,
+        LedgerState.CLAIMED,
+        LedgerState.FAILED,
+        LedgerState.RETRY,
     ]
     assert task_history(tmp_path / "none.jsonl", "task-1") == []
