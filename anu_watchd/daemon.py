@@ -449,6 +449,7 @@ class Daemon:
     def _status_text(self) -> str:
         c = self.counts
         return (
+            f"{self.metrics.state_text(self.config, self.pipeline.stages.ledger)} "
             f"woken={c['WAKE_BUILT']} skipped={c['PICKUP_SKIP']} "
             f"quarantined={c['QUARANTINE']} failed={c['FIRE_FAILED']} "
             f"not_activated={c['FIRE_NOT_ACTIVATED']} "

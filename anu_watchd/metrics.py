@@ -51,7 +51,7 @@ from anu_watchd.model import Outcome, QuarantineReason, Verdict
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from anu_watchd.config import MetricsConfig
+    from anu_watchd.config import Config, MetricsConfig
     from anu_watchd.sinks.base import Sink
 
 _log = structlog.get_logger("anu_watchd.metrics")
@@ -106,7 +106,9 @@ class Metrics:
             PREFIX + "last_successful_scan_timestamp_seconds",
             "Unix time the last directory rescan listed the events directory.", registry=r,
         )  # fmt: skip
-        self._runs = Gauge(PREFIX + "runs_in_flight", "Pipeline runs in progress.", registry=r)
+        self.runs_in_flight = 0
+        runs = Gauge(PREFIX + "runs_in_flight", "Pipeline runs in progress.", registry=r)
+        runs.set_function(lambda: float(self.runs_in_flight))
         self._queue = Gauge(PREFIX + "queue_depth", "Results queued for a run.", registry=r)
         info = Gauge(
             PREFIX + "build_info", "Always 1; the labels say which build runs.",
@@ -157,11 +159,22 @@ class Metrics:
 
     @contextlib.contextmanager
     def in_flight(self) -> Iterator[None]:
-        self._runs.inc()
+        self.runs_in_flight += 1  # on the event loop only: no lock needed
         try:
             yield
         finally:
-            self._runs.dec()
+            self.runs_in_flight -= 1
+
+    def state_text(self, config: Config, ledger: LedgerView) -> str:
+        """The current state for systemd's STATUS=: enabled, activated, in flight, failed."""
+        from anu_watchd.pipeline import is_enabled
+
+        failed = ledger.counts().get("FAILED", 0)
+        return (
+            f"enabled={'yes' if is_enabled(config.spool.enable_flag) else 'no'} "
+            f"activated={'yes' if config.wake.activated else 'no'} "
+            f"in_flight={self.runs_in_flight} failed={failed}"
+        )
 
     # -- wiring -------------------------------------------------------------------------
 

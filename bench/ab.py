@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.ab --sink log --files 2000 --rounds 3 [--concurrency N]
     .venv/bin/python -m bench.ab --sink exec --paced 200 --rounds 3
+    .venv/bin/python -m bench.ab --sink log --files 5000 --rounds 6 --metrics-ab
 
 Not part of ``make bench``: it is the loop used while changing the daemon,
 so that a before and an after can be interleaved on the same disk and CPU
@@ -9,15 +10,24 @@ noise. Each round is a fresh spool under ``--workdir`` (left in place: a
 mass deletion slows file creation nearby, see ``bench/run.py``). It reports, per round, files/s
 from the first rename to the last wake, and the daemon's CPU (user +
 system, all threads, from /proc) per file.
+
+``--metrics-ab`` alternates rounds with metrics off and on (``[metrics]`` with
+both ``listen`` on 127.0.0.1 and a ``textfile``, and a scraper fetching
+``/metrics`` every second during the round, as a busy Prometheus would), and
+prints each round's host load average beside it: the host may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,8 +37,10 @@ from bench import floor, produce, systems
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def one_round(root: Path, sink: str, n: int, concurrency: int | None) -> tuple[float, float]:
-    daemon = systems.AnuDaemon(sink, concurrency=concurrency)
+def one_round(
+    root: Path, sink: str, n: int, concurrency: int | None, extra: str = ""
+) -> tuple[float, float]:
+    daemon = systems.AnuDaemon(sink, concurrency=concurrency, extra=extra)
     daemon.start(root)
     staging = root / "staging"
     ids = produce.task_ids("ab", n)
@@ -67,6 +79,61 @@ def paced_round(
     return tuple(lat[min(len(lat) - 1, int(q * len(lat)))] for q in (0.5, 0.9, 0.99))  # type: ignore[return-value]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def metrics_round(root: Path, sink: str, n: int, concurrency: int | None) -> tuple[float, float]:
+    """One burst with both exports on and a scraper at 1 Hz."""
+    port = _free_port()
+    extra = f'[metrics]\nlisten = "127.0.0.1:{port}"\ntextfile = "{root / "anu.prom"}"\n'
+    stop, scrapes = threading.Event(), [0]
+
+    def scrape() -> None:
+        while not stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    r.read()
+                scrapes[0] += 1
+            except OSError:
+                pass
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        return one_round(root, sink, n, concurrency, extra)
+    finally:
+        stop.set()
+        scraper.join()
+
+
+def metrics_ab(work: Path, args: argparse.Namespace) -> None:
+    """Interleaved rounds, off then on; the medians and the load beside every figure."""
+    arms: dict[str, list[float]] = {"off": [], "on": []}
+    cpus: dict[str, list[float]] = {"off": [], "on": []}
+    for i in range(args.rounds):
+        for arm in ("off", "on"):
+            load0 = os.getloadavg()[0]
+            run = metrics_round if arm == "on" else one_round
+            rate, cpu_ms = run(work / f"r{i}-{arm}", args.sink, args.files, args.concurrency)
+            arms[arm].append(rate)
+            cpus[arm].append(cpu_ms)
+            print(
+                f"round {i} metrics {arm:>3}: {rate:,.0f} files/s, {cpu_ms:.3f} ms CPU/file, "
+                f"load {load0:.2f} -> {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+    off, on = statistics.median(arms["off"]), statistics.median(arms["on"])
+    print(f"median off {off:,.0f} files/s, on {on:,.0f} files/s: cost {(1 - on / off) * 100:+.1f}%")
+    # On a shared host the wall clock is mostly the neighbours; CPU per file is the daemon's own.
+    c_off, c_on = statistics.median(cpus["off"]), statistics.median(cpus["on"])
+    cost = (c_on / c_off - 1) * 100
+    print(f"median CPU/file off {c_off:.3f} ms, on {c_on:.3f} ms: cost {cost:+.1f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sink", default="log", choices=["log", "exec"])
@@ -74,6 +141,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int)
     ap.add_argument("--paced", type=float, help="files/s for 10 s instead of a burst")
+    ap.add_argument("--metrics-ab", action="store_true", help="rounds with metrics off vs on")
     ap.add_argument(
         "--workdir", default="/var/tmp", help="a part of the disk with no recent mass deletion"
     )
@@ -81,6 +149,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="anu-ab-", dir=args.workdir))
     # ~20 us on a quiet ext4; far more right after a mass deletion nearby (bench/run.py).
     print(f"empty-file create: {floor.create_probe(work / 'probe'):.0f} us")
+    if args.metrics_ab:
+        metrics_ab(work, args)
+        print(f"spools left in {work}; remove them when done comparing")
+        return
     for i in range(args.rounds):
         if args.paced:
             p50, p90, p99 = paced_round(

@@ -194,9 +194,10 @@ def stop_process(proc: subprocess.Popen[bytes], *, group: bool, timeout: float) 
 class AnuDaemon:
     """The real daemon as a subprocess; its JSON log (stdout) goes to a file, as to journald."""
 
-    def __init__(self, sink: str, *, concurrency: int | None = None) -> None:
+    def __init__(self, sink: str, *, concurrency: int | None = None, extra: str = "") -> None:
         self.sink = sink
         self.concurrency = concurrency
+        self.extra = extra  # more TOML, appended (bench/ab.py's [metrics] arm)
         tuned = f", concurrency {concurrency}" if concurrency else ""
         self.name = f"anu-watchd ({sink} sink{tuned})"
         self.key = f"anu-{sink}" + (f"-c{concurrency}" if concurrency else "")
@@ -243,7 +244,7 @@ class AnuDaemon:
             + (f"concurrency = {self.concurrency}\n" if self.concurrency else "")
             + f"[wake.exec]\nargv = {exec_argv}\n"
             f'[key]\nfile = "{key_file}"\n'
-            '[log]\nlevel = "info"\n'
+            '[log]\nlevel = "info"\n' + self.extra
         )
         return config
 

@@ -189,3 +189,16 @@ def test_results_are_still_woken_when_the_port_is_taken(spool: Spool, tmp_path: 
             wait_for(lambda: (spool.events / "task-1.pickup.done").exists(), 20, "the wake")
         finally:
             assert d.stop() == 0
+
+
+def test_status_shows_the_current_state(spool: Spool, daemon: DaemonProc) -> None:
+    """STATUS= says whether the driver is enabled and activated and what is in flight."""
+    ready = daemon.wait_notify("READY=1")[0]
+    status = next(f for f in ready.splitlines() if f.startswith("STATUS="))
+    assert "enabled=yes activated=yes in_flight=0 failed=0" in status
+    spool.drop("task-fail-1")
+    wait_for(
+        lambda: any("failed=1 " in d for d in daemon.notified_prefix("STATUS=")),
+        20,
+        "STATUS with failed=1",
+    )
