@@ -46,7 +46,8 @@ from prometheus_client.registry import Collector
 from anu_watchd import __version__
 from anu_watchd.config import parse_listen
 from anu_watchd.errors import PermanentWakeError, TransientWakeError
-from anu_watchd.model import Outcome, QuarantineReason, Verdict
+from anu_watchd.markers import ACKED_SUFFIX, DONE_SUFFIX, FAILED_SUFFIX
+from anu_watchd.model import RESULT_SUFFIX, Outcome, QuarantineReason, Verdict
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -219,8 +220,6 @@ class SpoolCounts:
 
 def count_spool(names: list[str]) -> SpoolCounts:
     """Pending (a result and no done/failed marker), failed, unacked, from file names (pure)."""
-    from anu_watchd.markers import ACKED_SUFFIX, DONE_SUFFIX, FAILED_SUFFIX
-    from anu_watchd.model import RESULT_SUFFIX
 
     def ids(suffix: str) -> set[str]:
         return {n[: -len(suffix)] for n in names if n.endswith(suffix)}

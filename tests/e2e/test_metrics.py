@@ -98,9 +98,9 @@ def test_scrape_during_and_after_a_run_matches_the_evidence_log(
     spool.drop("task-fail-1")
     spool.drop("task-bad", raw=b"{not json")
     spool.drop("task-slow-1")
-    wait_for(lambda: len(spool.evidence()) == 4, 30, "four runs, one in flight")
-    during = scrape(daemon)
-    assert during[("anu_watchd_runs_in_flight", ())] == 1.0
+    wait_for(lambda: len(spool.evidence()) == 4, 30, "four runs")
+    in_flight = ("anu_watchd_runs_in_flight", ())
+    during = wait_for(lambda: (s := scrape(daemon))[in_flight] == 1 and s, 30, "the slow run")
     assert by_label(during, "anu_watchd_results_total", "verdict") == evidence_counts(
         spool, "verdict"
     )
