@@ -13,7 +13,8 @@ system, all threads, from /proc) per file.
 
 ``--metrics-ab`` alternates rounds with metrics off and on (``[metrics]`` with
 both ``listen`` on 127.0.0.1 and a ``textfile``, and a scraper fetching
-``/metrics`` every second during the round, as a busy Prometheus would), and
+``/metrics`` every ``--scrape-every`` seconds, 1 by default: 15 times more often
+than a common Prometheus interval, so the figure is an upper bound), and
 prints each round's host load average beside it: the host may be shared.
 """
 
@@ -86,14 +87,16 @@ def _free_port() -> int:
         return port
 
 
-def metrics_round(root: Path, sink: str, n: int, concurrency: int | None) -> tuple[float, float]:
-    """One burst with both exports on and a scraper at 1 Hz."""
+def metrics_round(
+    root: Path, sink: str, n: int, concurrency: int | None, every_s: float = 1.0
+) -> tuple[float, float]:
+    """One burst with both exports on and a scraper every ``every_s`` seconds."""
     port = _free_port()
     extra = f'[metrics]\nlisten = "127.0.0.1:{port}"\ntextfile = "{root / "anu.prom"}"\n'
     stop, scrapes = threading.Event(), [0]
 
     def scrape() -> None:
-        while not stop.wait(1.0):
+        while not stop.wait(every_s):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                     r.read()
@@ -117,8 +120,11 @@ def metrics_ab(work: Path, args: argparse.Namespace) -> None:
     for i in range(args.rounds):
         for arm in ("off", "on"):
             load0 = os.getloadavg()[0]
-            run = metrics_round if arm == "on" else one_round
-            rate, cpu_ms = run(work / f"r{i}-{arm}", args.sink, args.files, args.concurrency)
+            root, n, c = work / f"r{i}-{arm}", args.files, args.concurrency
+            if arm == "on":
+                rate, cpu_ms = metrics_round(root, args.sink, n, c, args.scrape_every)
+            else:
+                rate, cpu_ms = one_round(root, args.sink, n, c)
             arms[arm].append(rate)
             cpus[arm].append(cpu_ms)
             print(
@@ -142,6 +148,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int)
     ap.add_argument("--paced", type=float, help="files/s for 10 s instead of a burst")
     ap.add_argument("--metrics-ab", action="store_true", help="rounds with metrics off vs on")
+    ap.add_argument("--scrape-every", type=float, default=1.0, help="--metrics-ab: seconds")
     ap.add_argument(
         "--workdir", default="/var/tmp", help="a part of the disk with no recent mass deletion"
     )
