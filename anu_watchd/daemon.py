@@ -106,7 +106,7 @@ class Daemon:
             _log.critical("durability_failure", error=str(exc))
             return EX_SOFTWARE
         finally:
-            self.exporter.close()
+            await asyncio.to_thread(self.exporter.close)  # a server stop waits up to 0.5 s
             lock.release()
 
     async def _serve_with(self, pipeline: Pipeline) -> int:
@@ -398,7 +398,7 @@ class Daemon:
             await stages.sink.aclose()
         self.config = new
         logs.reconfigure_level(new.log.level)
-        self.exporter.apply(new.metrics)
+        await asyncio.to_thread(self.exporter.apply, new.metrics)
         rearm = (new.spool.events_dir, new.spool.enable_flag, new.spool.result_glob) != (
             old.spool.events_dir,
             old.spool.enable_flag,
