@@ -67,6 +67,7 @@ LATENCY_BUCKETS = (
 SINK_OUTCOMES = ("registered", "transient", "permanent")
 RESCAN_REASONS = ("startup", "overflow", "backstop", "enabled", "reload")
 TEXTFILE_EVERY_S = 5.0
+LISTING_BUDGET = 20  # a spool listing is reused for 20 times what it took: <= 5% of a core
 
 
 class Metrics:
@@ -230,8 +231,16 @@ def count_spool(names: list[str]) -> SpoolCounts:
 
 
 class _SpoolCollector(Collector):
+    """The spool and ledger gauges. The listing is reused while younger than
+    ``LISTING_BUDGET`` times what it took, so however often a scraper (or the textfile
+    writer) asks, listing costs at most 1/LISTING_BUDGET of a core: nothing for a small
+    spool, ~20 s of staleness for one of 100,000 tasks (bench/PROFILE.md, section 7)."""
+
     def __init__(self, source: Callable[[], SpoolView | None]) -> None:
         self._source = source
+        self._lock = threading.Lock()  # the HTTP server and the textfile writer may both ask
+        self._counts = SpoolCounts(0, 0, 0)
+        self._fresh_until = 0.0
 
     def describe(self) -> list[Any]:
         return []  # computed at collect time only; nothing to check at registration
@@ -240,11 +249,7 @@ class _SpoolCollector(Collector):
         view = self._source()
         if view is None:
             return
-        try:
-            names = os.listdir(view.events_dir)
-        except OSError:
-            names = []
-        c = count_spool(names)
+        c = self._spool_counts(view.events_dir)
         yield _gauge("pending_results", "Results with no done or failed marker.", c.pending)
         yield _gauge("failed_tasks", "Tasks with a failed marker (FIRE_FAILED).", c.failed)
         yield _gauge("unacked_tasks", "Woken tasks the collector has not acked.", c.unacked)
@@ -255,6 +260,18 @@ class _SpoolCollector(Collector):
         for state, n in view.ledger.counts().items():
             keys.add_metric([state], n)
         yield keys
+
+    def _spool_counts(self, events_dir: Path) -> SpoolCounts:
+        with self._lock:
+            t0 = time.monotonic()
+            if t0 >= self._fresh_until:
+                try:
+                    names = os.listdir(events_dir)
+                except OSError:
+                    names = []
+                self._counts = count_spool(names)
+                self._fresh_until = t0 + (time.monotonic() - t0) * LISTING_BUDGET
+            return self._counts
 
 
 def _gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -113,12 +114,15 @@ class _Ledger:
 
 
 def test_spool_gauges_are_computed_at_scrape_time(tmp_path: Path) -> None:
-    """The spool and ledger gauges reflect the directory and the index when scraped."""
+    """The spool and ledger gauges follow the directory and the index, scrape by scrape."""
     m = Metrics()
     m.watch_spool(lambda: SpoolView(tmp_path, _Ledger()))
     assert _value(m, "anu_watchd_pending_results") == 0
     (tmp_path / "task-1.result.json").write_text("{}")
-    assert _value(m, "anu_watchd_pending_results") == 1
+    # A listing is reused for 20 times what it took (here well under a millisecond).
+    deadline = time.monotonic() + 5
+    while _value(m, "anu_watchd_pending_results") != 1:
+        assert time.monotonic() < deadline, "the new result was never counted"
     assert _value(m, "anu_watchd_ledger_entries") == 7
     assert _value(m, "anu_watchd_ledger_keys", state="DONE") == 2
 
@@ -167,3 +171,24 @@ def test_changing_the_textfile_path_moves_the_writer(tmp_path: Path) -> None:
     ex.close()
     assert not (tmp_path / "a.prom").exists()
     assert "anu_watchd_inotify_overflows_total 1.0" in (tmp_path / "b.prom").read_text()
+
+
+def test_a_slow_listing_is_reused_for_twenty_times_its_cost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However often scraped, a listing that took 50 ms is not repeated within a second."""
+    calls = []
+
+    def slow_listdir(path: Path) -> list[str]:
+        calls.append(path)
+        time.sleep(0.05)  # a big spool on a slow disk (the fault this seam injects)
+        return ["task-1.result.json"]
+
+    monkeypatch.setattr("anu_watchd.metrics.os.listdir", slow_listdir)
+    m = Metrics()
+    m.watch_spool(lambda: SpoolView(tmp_path, _Ledger()))
+    t0 = time.monotonic()
+    for _ in range(5):
+        assert _value(m, "anu_watchd_pending_results") == 1
+    if time.monotonic() - t0 < 1.0:  # all five inside the reuse window
+        assert len(calls) == 1
