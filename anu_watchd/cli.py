@@ -184,6 +184,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from anu_watchd import story
+
+    config = _config(args)
+    doc = story.collect(config, commands.task_files(config, args.task).task_id)
+    print(json.dumps(doc) if args.json else story.render(doc))  # ASCII: names may not be UTF-8
+    return ExitCode.OK
+
+
 def cmd_ack(args: argparse.Namespace) -> int:
     print(f"acked: {commands.ack(_config(args), args.task)}")
     return ExitCode.OK
@@ -275,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("enable", cmd_enable, "write the enable flag")
     add("disable", cmd_disable, "remove the enable flag")
     sp = add("status", cmd_status, "counts, pending, failed, quarantined, unacked, last runs")
+    sp.add_argument("--json", action="store_true")
+    sp = add("show", cmd_show, "one task's whole story, oldest first, and what happens next")
+    sp.add_argument("task", metavar="TASK")
     sp.add_argument("--json", action="store_true")
     sp = add("quarantine", cmd_quarantine, "inspect or release quarantined inputs")
     sp.add_argument("action", choices=("list", "release"))

@@ -115,6 +115,30 @@ class LogConfig:
     format: str = attrs.field(default="json", validator=_one_of(LOG_FORMATS))
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError says what is wrong."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port (like 127.0.0.1:9464), got {listen!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _listen(_inst: Any, attr: attrs.Attribute[Any], value: str) -> None:
+    if value:
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise ValueError(f"{attr.name}: {exc}") from None
+
+
+@attrs.frozen
+class MetricsConfig:
+    """``[metrics]``: off unless ``listen`` or ``textfile`` is set (docs/operations.md)."""
+
+    listen: str = attrs.field(default="", validator=_listen)
+    textfile: Path = Path()  # Path() = off; else resolved against root
+
+
 @attrs.frozen
 class Config:
     root: Path = Path(".")
@@ -124,6 +148,7 @@ class Config:
     wake: WakeConfig = WakeConfig()
     key: KeyConfig = KeyConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # Where it was loaded from; not a TOML key.
     source: Path | None = attrs.field(default=None, eq=False)
 
@@ -206,7 +231,16 @@ def _resolve(cfg: Config, base: Path) -> Config:
         tls_ca_file=_under(root, nats.tls_ca_file),
     )
     wake = attrs.evolve(cfg.wake, nats=nats)
-    return attrs.evolve(cfg, root=root, spool=attrs.evolve(cfg.spool, **paths), wake=wake)
+    textfile = cfg.metrics.textfile
+    if textfile != Path():
+        textfile = Path(os.path.normpath(root / textfile))
+    return attrs.evolve(
+        cfg,
+        root=root,
+        spool=attrs.evolve(cfg.spool, **paths),
+        wake=wake,
+        metrics=attrs.evolve(cfg.metrics, textfile=textfile),
+    )
 
 
 def _under(root: Path, path: str) -> str:

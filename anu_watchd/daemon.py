@@ -40,6 +40,7 @@ from anu_watchd.errors import (
 from anu_watchd.intake import Intake, IntakeEvent, Kind, filesystem_type, is_network_fs
 from anu_watchd.locks import InstanceLock
 from anu_watchd.markers import encode_json
+from anu_watchd.metrics import Exporter, Metrics, SpoolView
 from anu_watchd.model import iso, utc_now
 from anu_watchd.notify import Notifier, watchdog_loop
 from anu_watchd.pipeline import Pipeline
@@ -101,6 +102,8 @@ class Daemon:
         self._intake_task: asyncio.Task[None] | None = None
         self._service: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
+        self.metrics = Metrics()  # lives as long as the daemon: counters survive a reload
+        self.exporter = Exporter(self.metrics.registry)
 
     # -- what the phases share ------------------------------------------------------
 
@@ -146,7 +149,7 @@ class Daemon:
             _log.error("lock_held", error=str(exc))
             return ExitCode.TEMPFAIL
         try:
-            async with open_pipeline(self.config, self.key) as pipeline:
+            async with open_pipeline(self.config, self.key, self.metrics) as pipeline:
                 self._pipeline = pipeline
                 await self.startup()
                 return await self.main_loop()
@@ -154,6 +157,7 @@ class Daemon:
             _log.critical("durability_failure", error=str(exc))
             return ExitCode.SOFTWARE
         finally:
+            await asyncio.to_thread(self.exporter.close)  # a server stop waits up to 0.5 s
             lock.release()
 
     async def startup(self) -> None:
@@ -161,6 +165,7 @@ class Daemon:
         config = self.config
         self._intake = self._arm(config)
         self._install_signals()
+        self._export_metrics(self.pipeline)
         await reconcile.recover_markers(self.pipeline.stages)
         self.notifier.ready(status=self._status_text())
         _log.info(
@@ -222,6 +227,12 @@ class Daemon:
             )
         return intake
 
+    def _export_metrics(self, pipeline: Pipeline) -> None:
+        self.metrics.watch_queue(self._queue.qsize)
+        ledger = pipeline.stages.ledger
+        self.metrics.watch_spool(lambda: SpoolView(self.config.spool.events_dir, ledger))
+        self.exporter.apply(self.config.metrics)
+
     def _start_tasks(self, tg: asyncio.TaskGroup) -> None:
         # Sink calls are bounded by wake.concurrency inside the pipeline, not here.
         self._workers = [self._spawn(self._worker(), f"worker-{i}") for i in range(RUNS_IN_FLIGHT)]
@@ -279,7 +290,8 @@ class Daemon:
     async def _worker(self) -> None:
         while (path := await self._queue.get()) is not None:
             self._queued.discard(path.name)
-            out = await self.pipeline.pickup(path, scan=True)
+            with self.metrics.in_flight():
+                out = await self.pipeline.pickup(path, scan=True)
             if out is not None:
                 self.counts[str(out.verdict)] += 1
         return None
@@ -304,6 +316,7 @@ class Daemon:
             await self.enqueue(ev.path)
         elif ev.kind is Kind.OVERFLOW:
             _log.warning("inotify_overflow", overflows=intake.overflows)
+            self.metrics.overflowed()
             self.request_rescan("overflow")
         elif ev.kind is Kind.FLAG:
             self._on_flag()
@@ -348,7 +361,10 @@ class Daemon:
         for path in await reconcile.pending_retry_paths(stages):
             await self.enqueue(path)
         events_dir = stages.config.spool.events_dir
-        for name in await reconcile.rescan_names(stages, reasons):
+        names = await reconcile.rescan_names(stages, reasons)
+        if is_enabled(stages.config.spool.enable_flag):
+            self.metrics.rescanned(reasons)
+        for name in names:
             await self.enqueue(events_dir / name)  # a Path only once its turn comes
 
     async def _receipt_sweeper(self) -> None:
@@ -404,7 +420,10 @@ class Daemon:
             # Built here, so that a sink that cannot be built (unreadable NATS credentials)
             # refuses the reload and keeps the running one; co-process handlers that still
             # fit are kept (the same sink comes back).
-            fresh = rebuild_sink(self.pipeline.stages.sink, self.config, new, self.key)
+            current = self.pipeline.stages.sink
+            fresh = rebuild_sink(current, self.config, new, self.key)
+            if fresh is not current:
+                fresh = self.metrics.metered(fresh, new.wake.sink)
         except ConfigError as exc:
             _log.error("config_reload_refused", error=str(exc))
             await self._record_reload("refused", str(exc))
@@ -443,6 +462,7 @@ class Daemon:
         if sink is not stages.sink:
             await stages.sink.aclose()
         logs.reconfigure_level(new.log.level)
+        await asyncio.to_thread(self.exporter.apply, new.metrics)
         rearm = (new.spool.events_dir, new.spool.enable_flag, new.spool.result_glob) != (
             old.spool.events_dir,
             old.spool.enable_flag,

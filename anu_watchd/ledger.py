@@ -51,7 +51,7 @@ from typing import Any, BinaryIO
 import structlog
 
 from anu_watchd import fsio, ledgerindex
-from anu_watchd.appendlog import AppendLog, encode
+from anu_watchd.appendlog import AppendLog, encode, lines_with
 from anu_watchd.errors import DurabilityError, LedgerCorruptError
 from anu_watchd.model import LedgerEntry, LedgerState
 
@@ -317,6 +317,30 @@ def _read_line(fd: int, offset: int) -> bytes:
         size *= 4
 
 
+def task_field(task_id: str) -> list[bytes]:
+    """The bytes a JSON line holds for ``"task_id": task_id`` (task ids need no escapes)."""
+    tid = _utf8(task_id)
+    return [b'"task_id":"' + tid + b'"', b'"task_id": "' + tid + b'"']
+
+
+def task_history(path: Path, task_id: str) -> list[LedgerEntry]:
+    """Every ledger line of ``task_id``, oldest first; read-only, beside a running daemon.
+
+    The index holds only each task's latest line, and only in the daemon's memory,
+    so the lines are found by a byte search for the task's field (see
+    :func:`~anu_watchd.appendlog.lines_with`), and each is validated as at load.
+    """
+    found = []
+    for _offset, line in lines_with(path, task_field(task_id)):
+        try:
+            entry = _parse(line)
+        except ValueError:
+            continue  # not this command's business to judge: the daemon refuses to start
+        if entry.task_id == task_id:
+            found.append(entry)
+    return found
+
+
 # -- the ledger ---------------------------------------------------------------------
 
 
@@ -429,6 +453,11 @@ class Ledger:
         for task, v in list(self._tasks.items()):
             if (v & 7) in _TERMINAL:
                 yield task.decode("utf-8", "surrogatepass"), _STATES[(v & 7) - 1]
+
+    @property
+    def lines(self) -> int:
+        """Lines in the ledger (recovered at open plus appended since)."""
+        return self._lines + self._appended
 
     def counts(self) -> dict[str, int]:
         """How many keys are in each latest state."""

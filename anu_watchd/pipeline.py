@@ -73,6 +73,7 @@ class _Run:
         self.task_id = task_id
         self.sha256: str | None = None
         self.key: str | None = None
+        self.renamed_ns: int | None = None  # the result's ctime: its rename, for the latency
         self.log = _log.bind(run_id=self.run_id, path=self.path, task_id=task_id)
         # A fleet host names itself in its logs and evidence (docs/operations.md, "Fleet").
         self.host_id = st.config.wake.nats.host_id if st.sink.delivery_method == "nats" else None
@@ -154,6 +155,7 @@ class Pipeline:
             return await self._quarantine(run, path, rej)
         if inp is None:
             return None
+        run.renamed_ns = inp.st.st_ctime_ns
         run.hashed(hashlib.sha256(inp.data).hexdigest())
         checked = validate(inp.data, task_id=task_id, rules=st.rules)
         if isinstance(checked, Rejected):
@@ -387,6 +389,7 @@ class Pipeline:
             error=error,
         )
         await run.st.evidence.append(out.evidence())
+        run.st.metrics.finished(out, run.renamed_ns)
         # One line a run, also for a wake (its schedule id is here): each line costs ~0.1 ms.
         run.log.info(
             "pickup_finished",

@@ -20,6 +20,7 @@ from anu_watchd.appendlog import AppendLog
 from anu_watchd.config import Config
 from anu_watchd.errors import DurabilityError
 from anu_watchd.ledger import Ledger
+from anu_watchd.metrics import Metrics
 from anu_watchd.pipeline import Pipeline
 from anu_watchd.projections import ProjectionWriter
 from anu_watchd.secret import SealedKey
@@ -58,7 +59,9 @@ def ensure_dirs(config: Config) -> None:
 
 
 @asynccontextmanager
-async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[Pipeline]:
+async def open_pipeline(
+    config: Config, key: SealedKey | None, metrics: Metrics | None = None
+) -> AsyncIterator[Pipeline]:
     """Recover the ledger and yield a ready Pipeline; flush and close on exit."""
     ensure_dirs(config)
     # One fail-stop flag for every durable writer: the first failed write or fsync, in any
@@ -66,7 +69,8 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
     fail_stop = threading.Event()
     ledger = Ledger.open(config.spool.ledger, fail_stop=fail_stop)
     evidence = AppendLog.open(config.spool.evidence_log, fail_stop=fail_stop)
-    sink = build_sink(config, key)
+    metrics = metrics or Metrics()
+    sink = metrics.metered(build_sink(config, key), config.wake.sink)
     projections = ProjectionWriter(fail_stop)
     stages = Stages(
         config=config,
@@ -75,6 +79,7 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
         sink=sink,
         rules=rules_for(config, key),
         projections=projections,
+        metrics=metrics,
     )
     try:
         yield Pipeline(stages)

@@ -20,6 +20,7 @@ import attrs
 from anu_watchd.appendlog import AppendLog
 from anu_watchd.config import Config
 from anu_watchd.ledger import Ledger
+from anu_watchd.metrics import Metrics
 from anu_watchd.model import utc_now
 from anu_watchd.projections import ProjectionWriter
 from anu_watchd.sinks.base import Sink, Sleep
@@ -60,6 +61,7 @@ class Stages:
     sleep: Sleep = asyncio.sleep
     projections: ProjectionWriter = attrs.field(factory=ProjectionWriter)
     task_locks: TaskLocks = attrs.field(factory=TaskLocks)
+    metrics: Metrics = attrs.field(factory=Metrics)
 
     def halt(self, exc: BaseException) -> None:
         """Fail-stop every durable writer at once: nothing queued is written after ``exc``."""

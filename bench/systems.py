@@ -237,6 +237,7 @@ class AnuDaemon:
         host_id: str = "bench",
         process: bool = False,
         nice: int | None = None,
+        extra: str = "",
     ) -> None:
         self.sink = sink
         self.concurrency = concurrency
@@ -246,6 +247,7 @@ class AnuDaemon:
         self.host_id = host_id
         self.process = process
         self.nice = nice
+        self.extra = extra  # more TOML, appended (bench/ab.py's [metrics] arm)
         tuned = f", concurrency {concurrency}" if concurrency else ""
         tuned += f", nice {nice}" if nice is not None else ""
         kind = "exec co-process" if process else f"{sink} sink"
@@ -307,7 +309,7 @@ class AnuDaemon:
             + f"[wake.exec]\nargv = {exec_argv}\nprocess = {str(self.process).lower()}\n"
             + self._nats_section()
             + f'[key]\nfile = "{key_file}"\n'
-            '[log]\nlevel = "info"\n'
+            '[log]\nlevel = "info"\n' + self.extra
         )
         return config
 

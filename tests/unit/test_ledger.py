@@ -435,3 +435,40 @@ def test_a_ledger_planted_as_a_symlink_or_fifo_is_refused_not_followed_or_hung(
         os.mkfifo(path)
     with pytest.raises(StatePathError, match=f"{path}: cannot read the ledger"):
         Ledger.open(path)
+
+
+def test_task_history_finds_every_line_of_one_task_and_no_other(tmp_path: Path) -> None:
+    """A task's lines come back in file order; a longer id that starts the same and a torn
+    last line are left out; a line in another key order is found too."""
+    from anu_watchd.appendlog import encode
+    from anu_watchd.ledger import task_history
+
+    def line(task: str, state: LedgerState, attempt: int = 1) -> bytes:
+        return encode(LedgerEntry(f"k-{task}", task, "s", "anu", state, attempt, "t").to_json())
+
+    other_order = (
+        json.dumps(
+            dict(
+                reversed(
+                    LedgerEntry("k-task-1", "task-1", "s", "anu", LedgerState.RETRY, 1, "t")
+                    .to_json()
+                    .items()
+                )
+            )
+        ).encode()
+        + b"\n"
+    )
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(
+        line("task-1", LedgerState.CLAIMED)
+        + line("task-10", LedgerState.CLAIMED)
+        + line("task-1", LedgerState.FAILED)
+        + other_order
+        + line("task-1", LedgerState.DONE, 2)[:-20]  # torn: still being written
+    )
+    assert [e.state for e in task_history(path, "task-1")] == [
+        LedgerState.CLAIMED,
+        LedgerState.FAILED,
+        LedgerState.RETRY,
+    ]
+    assert task_history(tmp_path / "none.jsonl", "task-1") == []
