@@ -76,7 +76,7 @@ def _config(*, key_file: str = "") -> str:
         ("activated = false", "activated = true"),
         ('sink = "log"', 'sink = "exec"'),
         ("\nargv = []", f'\nargv = ["{RECORDER}"]'),
-        ('file = ""', f'file = "{key_file}"'),
+        ('\nfile = ""', f'\nfile = "{key_file}"'),
     ]:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
