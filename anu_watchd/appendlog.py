@@ -7,7 +7,7 @@ next flush writes all their lines with ONE ``os.write`` and ONE fsync (group
 commit): at a few hundred microseconds per fsync, this is what lets a burst
 go faster than one fsync per record.
 
-Failure contract (SPEC section 7; PostgreSQL's "fsyncgate"): when a write
+Failure contract (docs/durability.md; PostgreSQL's "fsyncgate"): when a write
 fails, writes short, or the fsync fails, every caller waiting on that flush
 gets :class:`~anu_watchd.errors.DurabilityError` and the log is *poisoned*:
 every later append raises at once without writing a byte. The fsync is never

@@ -1,6 +1,6 @@
 """The daemon: start-up, main loop, reload and shutdown over the stages ``runtime`` wires.
 
-Start-up follows SPEC section 8 in order: config, key, lock, ledger
+Start-up follows docs/operations.md in order: config, key, lock, ledger
 recovery, watches, READY=1, then the reconcile scan (the watch is armed
 first, so nothing written during the scan is missed; dedupe absorbs the
 overlap). Every pipeline run goes through one bounded queue and a fixed

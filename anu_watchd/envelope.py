@@ -1,4 +1,4 @@
-"""The callback envelope (SPEC section 5, seed 002): build, update, fit, check.
+"""The callback envelope (docs/protocol.md, seed 002): build, update, fit, check.
 
 Pure: values in, values out; no I/O, no clock (timestamps are passed in).
 An envelope is a plain JSON dict with exactly the keys of ``KEYS``. The

@@ -1,4 +1,4 @@
-"""Durable writes and defensive reads: the one module that does either (SPEC section 7).
+"""Durable writes and defensive reads: the one module that does either (docs/durability.md).
 
 Every file we create goes tmp (same directory, ``O_EXCL``) -> write all ->
 fsync(file) -> rename -> fsync(parent dir). The failure contract, which the

@@ -1,4 +1,4 @@
-"""The write-ahead ledger: the source of truth and the dedupe index (SPEC sections 2 and 7).
+"""The write-ahead ledger: the source of truth and the dedupe index (docs/durability.md).
 
 One JSON line per state change (``LedgerEntry.to_json()``), appended through
 :class:`~anu_watchd.appendlog.AppendLog` with group commit; the in-memory index
@@ -478,7 +478,7 @@ class Ledger:
         await log.append(entry.to_json(), on_durable=functools.partial(self._indexed, entry))
 
     def halt(self, cause: BaseException) -> None:
-        """Fail-stop: refuse every later record and drop queued ones unwritten (SPEC section 7)."""
+        """Fail-stop: refuse every later record, drop queued ones unwritten (docs/durability.md)."""
         if self._broken is None:
             self._broken = DurabilityError(f"{self.path}: halted after a fatal error")
             self._broken.__cause__ = cause

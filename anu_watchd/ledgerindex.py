@@ -1,7 +1,7 @@
 """The ledger's index checkpoint: the in-memory index as a file, so start-up need not parse it all.
 
 Parsing a ledger line costs ~4 us in CPython, so a 1,000,000-line ledger takes
-~4 s to load (SPEC section 13 asks for < 3 s). :class:`~anu_watchd.ledger.Ledger`
+~4 s to load (the target is < 3 s). :class:`~anu_watchd.ledger.Ledger`
 writes a checkpoint next to the ledger at a clean close; the next open loads
 the index from it and parses only the lines appended after the part it covers.
 This module is the file: its format (pure :func:`encode` and ``decode_*``),
@@ -27,7 +27,7 @@ names in code order, so a checkpoint from a build that numbers them otherwise
 is refused. The *value table* is the values of frames 1-3 in file order; a
 task refers into it (to a value already read), so a key and a task whose
 latest line is the same share one int object, as after a full parse (memory:
-SPEC section 13 allows 150 MiB for 1,000,000 lines). Each dict keeps its
+the target allows 150 MiB for 1,000,000 lines). Each dict keeps its
 order. Frames are small so that a load holds little beyond the index it builds.
 
 Trust. The trailer catches a damaged checkpoint; the fingerprint,

@@ -58,7 +58,7 @@ class QuarantineReason(enum.StrEnum):
     FOREIGN_COLLECTOR = "FOREIGN_COLLECTOR"
     SELF_COLLECTOR = "SELF_COLLECTOR"
     KEY_LITERAL = "KEY_LITERAL"
-    # Not in SPEC section 4's list: a result the daemon may not open (EACCES). Quarantined
+    # An addition to docs/protocol.md's list: a result the daemon may not open (EACCES). Quarantined
     # rather than retried forever; see docs/design.md.
     UNREADABLE = "UNREADABLE"
 

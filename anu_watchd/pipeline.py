@@ -9,7 +9,7 @@ Order of effects for a wake, so that a crash anywhere is recoverable from
 the ledger alone: ledger CLAIMED (durable) -> sink -> ledger DONE/FAILED
 (durable) -> marker -> envelope file. Markers and envelopes are projections;
 recovery rebuilds them. A failure to write any of them is a DurabilityError
-and stops the daemon (SPEC section 7).
+and stops the daemon (docs/durability.md).
 """
 
 from __future__ import annotations

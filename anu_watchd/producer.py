@@ -2,7 +2,7 @@
 
 ``write_result`` builds (or takes) a v1 result document, checks it against
 the schema, and writes ``task-<id>.result.json`` atomically and durably. Its
-failure contract (SPEC section 7): ``NotWrittenError`` means nothing was left
+failure contract (docs/durability.md): ``NotWrittenError`` means nothing was left
 behind; ``OutcomeUnknownError`` means the file is in place but a crash could
 still undo it — write the same bytes again, which is idempotent.
 """

@@ -9,7 +9,7 @@ directory fsync per batch), the way ``AppendLog`` group-commits lines. A
 caller's ``write`` returns once its files are durable.
 
 A failed batch fails every caller in it with ``DurabilityError``, and every
-later write too: the daemon stops (SPEC section 7); nothing retries. After a
+later write too: the daemon stops (docs/durability.md); nothing retries. After a
 fatal error elsewhere, ``halt`` stops a batch already in its thread before
 its next fsync or rename.
 """

@@ -1,4 +1,4 @@
-"""Quarantine: move rejected input aside with a reason sidecar, and give it back (SPEC section 4).
+"""Quarantine: move rejected input aside with a reason sidecar, and give it back (docs/protocol.md).
 
 A quarantined file is ``<qdir>/<name>.<utc-ts>[-n]`` (``-n`` only when that
 name is taken: an earlier quarantined file is never overwritten) beside

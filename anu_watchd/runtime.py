@@ -65,7 +65,7 @@ async def open_pipeline(
     """Recover the ledger and yield a ready Pipeline; flush and close on exit."""
     ensure_dirs(config)
     # One fail-stop flag for every durable writer: the first failed write or fsync, in any
-    # writer thread, stops the others before their next one (SPEC section 7).
+    # writer thread, stops the others before their next one (docs/durability.md).
     fail_stop = threading.Event()
     ledger = Ledger.open(config.spool.ledger, fail_stop=fail_stop)
     evidence = AppendLog.open(config.spool.evidence_log, fail_stop=fail_stop)

@@ -1,4 +1,4 @@
-"""A result file's bytes against the v1 schema (SPEC sections 3 and 4).
+"""A result file's bytes against the v1 schema (docs/protocol.md).
 
 Pure: bytes and ``Rules`` in, ``Result`` or ``Rejected`` out; no I/O, clock
 or logger. ``validate`` never raises: every input, however hostile, gets a

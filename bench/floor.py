@@ -1,6 +1,6 @@
 """The disk's floor: what one durable marker per file costs here, with nothing else going on.
 
-A marker is what SPEC section 7 asks of every file the daemon creates:
+A marker is what docs/durability.md asks of every file the daemon creates:
 tmp (O_EXCL) -> write -> fsync(file) -> rename -> fsync(dir). Measured
 
     sequential     one marker after another, one thread
@@ -9,7 +9,7 @@ tmp (O_EXCL) -> write -> fsync(file) -> rename -> fsync(dir). Measured
 
 anu-watchd does more than one marker per wake (a done marker, an envelope
 file and three ledger/evidence lines), so its throughput is reported as a
-ratio of these floors; SPEC section 13's target is half the group-commit floor.
+ratio of these floors; the target in bench/RESULTS.md is half the group-commit floor.
 """
 
 from __future__ import annotations

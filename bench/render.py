@@ -262,7 +262,7 @@ def markdown(doc: dict[str, Any], wls: list[Workload]) -> str:
         "latency CDF: `bench/latency_cdf.png`; profiles and the explanation of each "
         "gap: `bench/PROFILE.md`.",
         "",
-        "## SPEC section 13 targets",
+        "## Performance targets",
         "",
         *table(["measure", "target", "measured", "met"], target_rows(doc, wls)),
         "",

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.spawn [--n 500] [--gap-ms 10] [--handler bench/handler.sh]
 
-Not part of ``make bench``: it isolates SPEC section 13's exec-sink latency
+Not part of ``make bench``: it isolates the exec-sink latency target
 floor (bench/PROFILE.md section 3). On an idle event loop, every ``--gap-ms``,
 it registers one wake through each path in turn (which goes first alternates,
 so both see the same noise):

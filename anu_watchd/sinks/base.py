@@ -206,6 +206,6 @@ def _retry_after_or(
 async def _register_once(sink: Sink, envelope: bytes, idempotency_key: str) -> str:
     schedule_id = await sink.register(envelope, idempotency_key=idempotency_key)
     if not schedule_id:
-        # REGISTERED needs a real schedule id (SPEC section 5); never invent one.
+        # REGISTERED needs a real schedule id (docs/protocol.md); never invent one.
         raise PermanentWakeError("the sink answered without a schedule id")
     return schedule_id

@@ -40,7 +40,7 @@ from tests.sinkhelpers import (
 from tests.sinkhelpers import write_recording_sink as write_sink
 from tests.spool import Spool, json_lines, valid_doc
 
-# What the exec sink's child may see: built from nothing, never inherited (SPEC section 6).
+# What the exec sink's child may see: built from nothing, never inherited (docs/protocol.md).
 CHILD_ENV_KEYS = {"PATH", "LANG", "ANU_WATCHD_KEY_FILE", "ANU_WATCHD_IDEMPOTENCY_KEY"}
 ESCALATION_KEYS = {"task_id", "verdict", "reason", "error", "attempts", "idempotency_key", "ts"}
 

@@ -1,7 +1,7 @@
 """Disk full: the spool on a real small tmpfs, filled mid-run (issue 6, item 3).
 
-ENOSPC is a write failure of daemon state, so it is fatal (exit 70, SPEC section
-7): the daemon stops, nothing is lost, and once space is freed a restart wakes
+ENOSPC is a write failure of daemon state, so it is fatal (exit 70,
+docs/durability.md): the daemon stops, nothing is lost, and once space is freed a restart wakes
 every result, the ones in flight at the failure again with the same key. The
 producer's side of the same disk keeps its own contract: a result that cannot be
 written leaves no trace.

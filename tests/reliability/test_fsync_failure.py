@@ -1,6 +1,6 @@
 """fsync / write failure: "failure return + restart observation" (seed 004, issue 6 item 2).
 
-The contract for daemon state is *fatal* (SPEC section 7): the failing run gets a
+The contract for daemon state is *fatal* (docs/durability.md): the failing run gets a
 DurabilityError, the daemon stops (exit 70) and writes nothing more, never retries
 an fsync; the restart trusts only the ledger. After it, no DONE exists for a wake the
 sink never saw, and every task left CLAIMED is woken again with the same key.

@@ -195,7 +195,7 @@ class Campaign:
             if '"level": "error"' in line or '"level": "critical"' in line or "Traceback" in line
         ]
         assert not bad, bad[:5]
-        # One evidence line per run, whatever the name (SPEC section 4): every quarantine.
+        # One evidence line per run, whatever the name (docs/protocol.md): every quarantine.
         evidence = (self.events / "p0b_driver_runs.jsonl").read_bytes().splitlines()
         runs = {doc["path"] for doc in map(json.loads, evidence) if doc["verdict"] == "QUARANTINE"}
         assert set(self.sidecars()) <= runs, set(self.sidecars()) - runs

@@ -17,7 +17,7 @@ def _err(data: dict[str, object]) -> str:
 
 
 def test_empty_document_gives_the_spec_defaults() -> None:
-    """An empty file yields every default of SPEC section 9, paths resolved against root."""
+    """An empty file yields every default the example config shows, paths resolved against root."""
     cfg = parse_config({}, base=Path("/srv/anu"))
     assert cfg.root == Path("/srv/anu")
     assert cfg.spool.events_dir == Path("/srv/anu/memory/events")

@@ -203,7 +203,7 @@ def test_build_shortens_the_summary_and_replaces_lone_surrogates() -> None:
 # A table reads better dense.
 # fmt: off
 CONTRADICTIONS = [
-    # The six of SPEC section 5.
+    # The six contradiction rules of docs/protocol.md.
     ("not_registered_with_schedule_id", "built", {"cron_schedule_id": "8A9EB65E"},
      "only REGISTERED has a schedule id"),
     ("registered_without_schedule_id", "registered", {"cron_schedule_id": None},

@@ -35,7 +35,7 @@ def test_task_id_from_name_accepts_only_valid_result_names() -> None:
 
 
 def test_ledger_entry_serialises_every_spec_field() -> None:
-    """A ledger line carries exactly the fields of SPEC section 2."""
+    """A ledger line carries exactly the fields docs/protocol.md lists."""
     e = LedgerEntry(
         key="k",
         task_id="task-7",
