@@ -86,10 +86,11 @@ def request_reload(
     """Signal and wait; ``(ExitCode.OK, msg)`` if applied, else the code that says why.
 
     TEMPFAIL: no daemon runs, or it did not answer in time; CONFIG: it refused the
-    new config. ``config`` may be None only when ``daemon_decides``: the pid is
-    then systemd's ``$MAINPID``, not checked against a lock file no config names.
+    new config. Under the unit (``daemon_decides``) the pid is systemd's own
+    ``$MAINPID``, trusted as it is: the lock file the new config names may not be
+    the daemon's, and ``config`` may be None (a file the helper cannot load).
     """
-    if config is not None:
+    if config is not None and not daemon_decides(pid):
         pid, why_not = _daemon_pid(config.spool.lock_file, pid)
     elif pid is None:
         pid, why_not = None, "no daemon runs (no config to find its lock file; give --pid)"

@@ -78,6 +78,8 @@ def _check_file(key: str, file: Path) -> None:
         mode = os.lstat(file).st_mode
     except FileNotFoundError:
         return
+    except PermissionError:
+        raise  # not a config error: this user may not look here (exit 77, ownership.py)
     except OSError as exc:
         raise ConfigError(key, f"{file}: cannot stat: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
@@ -99,7 +101,9 @@ def _check_one_filesystem(spool: SpoolConfig) -> None:
 def _stat(key: str, path: Path) -> os.stat_result:
     try:
         return os.stat(path)
-    except OSError as exc:  # a dangling symlink, a loop, a directory we may not search
+    except PermissionError:
+        raise  # not a config error: this user may not look here (exit 77, ownership.py)
+    except OSError as exc:  # a dangling symlink, a loop
         raise ConfigError(key, f"{path}: cannot stat: {exc.strerror or exc}") from None
 
 

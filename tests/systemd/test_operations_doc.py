@@ -241,11 +241,12 @@ def test_switching_to_the_path_unit_and_back(host: Container) -> None:
     host.sh("systemctl disable --now anu-watchd.path && systemctl enable --now anu-watchd")
 
 
-def test_start_up_crash_is_one_critical_line_and_exit_70(host: Container) -> None:
-    """An unexpected exception at start is one critical JSON line (PRIORITY 2) and exit 70."""
+def test_start_up_failure_is_one_critical_line_and_exit_70(host: Container) -> None:
+    """A fatal start-up failure (a ledger corrupt in the middle) is one critical JSON line
+    (PRIORITY 2) and exit 70, never a traceback; the cause is in `journalctl -p err`."""
     host.systemctl("stop", SERVICE)
-    blocker = f"{EVENTS}/quarantine"
-    host.sh(f"rm -rf {blocker} && touch {blocker} && chown anu-watchd: {blocker}")
+    ledger = f"{EVENTS}/callback_4tuple_index.jsonl"
+    host.sh(f"cp -p {ledger} {ledger}.bak && printf 'not json\\n{{}}\\n' >> {ledger}")
     cursor = host.journal_cursor()
     host.systemctl("start", SERVICE, check=False)
 
@@ -253,16 +254,16 @@ def test_start_up_crash_is_one_critical_line_and_exit_70(host: Container) -> Non
         return [
             e
             for e in host.journal(f"--after-cursor={cursor}", f"_SYSTEMD_UNIT={SERVICE}")
-            if "unexpected_exception" in e.get("MESSAGE", "")
+            if "durability_failure" in e.get("MESSAGE", "")
         ]
 
-    [first, *_] = wait_for(crashed, "the critical line of the crash", timeout=20)
+    [first, *_] = wait_for(crashed, "the critical line of the failure", timeout=20)
     line = json.loads(first["MESSAGE"])
     assert (line["level"], first["PRIORITY"]) == ("critical", "2")
-    assert line["error_type"] and "Traceback" not in first["MESSAGE"]
+    assert "corrupt" in line["error"] and "Traceback" not in first["MESSAGE"]
     wait_for(lambda: host.show(SERVICE, "ExecMainStatus")["ExecMainStatus"] == "70", "exit 70")
     host.systemctl("stop", SERVICE)
-    host.run("rm", "-f", blocker)
+    host.sh(f"mv {ledger}.bak {ledger}")
     host.systemctl("reset-failed", SERVICE)
     host.systemctl("start", SERVICE)
 
@@ -295,6 +296,6 @@ def test_every_line_the_units_wrote_is_json(host: Container) -> None:
             bad.append((e.get("_SYSTEMD_UNIT"), e.get("_COMM"), e.get("MESSAGE")))
     assert bad == []
     events = {json.loads(e["MESSAGE"]).get("event") for e in lines}
-    for seen in ("config_reload_refused", "unexpected_exception", "lock_held", "pickup_finished"):
+    for seen in ("config_reload_refused", "durability_failure", "lock_held", "pickup_finished"):
         assert seen in events, seen
     run_doc(host, "read-logs")
