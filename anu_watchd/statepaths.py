@@ -12,7 +12,9 @@ ledger or evidence log) or writes through a planted symlink::
     quarantine_dir on another filesystem than     refused: a quarantine move is a
     events_dir                                    rename, atomic only within one
 
-Paths that do not exist yet pass: the daemon creates them. What is planted
+Paths that do not exist yet pass: the daemon creates them. Paths this user may
+not look at pass too (a worker running ``emit`` cannot search the state
+directory): a command that needs one fails where it opens it (exit 77). What is planted
 after this check is caught where the file is opened (``fsio.open_state``,
 exit 70). docs/operations.md lists the refusals.
 """
@@ -68,7 +70,10 @@ def _check_resolved(key: str, directory: Path) -> None:
 
 def _check_directory(key: str, directory: Path) -> None:
     existing = _nearest_existing(directory)
-    mode = _stat(key, existing).st_mode
+    found = _stat(key, existing)
+    if found is None:
+        return
+    mode = found.st_mode
     if not stat.S_ISDIR(mode):
         raise ConfigError(key, f"{existing} is a {describe_mode(mode)}, not a directory")
 
@@ -79,7 +84,7 @@ def _check_file(key: str, file: Path) -> None:
     except FileNotFoundError:
         return
     except PermissionError:
-        raise  # not a config error: this user may not look here (exit 77, ownership.py)
+        return  # this user may not look here (a worker): whoever opens it will say so (77)
     except OSError as exc:
         raise ConfigError(key, f"{file}: cannot stat: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
@@ -87,9 +92,9 @@ def _check_file(key: str, file: Path) -> None:
 
 
 def _check_one_filesystem(spool: SpoolConfig) -> None:
-    events = _stat("spool.events_dir", _nearest_existing(spool.events_dir)).st_dev
-    quarantine = _stat("spool.quarantine_dir", _nearest_existing(spool.quarantine_dir)).st_dev
-    if events != quarantine:
+    events = _stat("spool.events_dir", _nearest_existing(spool.events_dir))
+    quarantine = _stat("spool.quarantine_dir", _nearest_existing(spool.quarantine_dir))
+    if events is not None and quarantine is not None and events.st_dev != quarantine.st_dev:
         raise ConfigError(
             "spool.quarantine_dir",
             f"{spool.quarantine_dir} is on another filesystem than spool.events_dir "
@@ -98,11 +103,12 @@ def _check_one_filesystem(spool: SpoolConfig) -> None:
         )
 
 
-def _stat(key: str, path: Path) -> os.stat_result:
+def _stat(key: str, path: Path) -> os.stat_result | None:
+    """``path``'s stat; None where this user may not look (a worker, for the state dir)."""
     try:
         return os.stat(path)
     except PermissionError:
-        raise  # not a config error: this user may not look here (exit 77, ownership.py)
+        return None  # whoever opens it will say so (exit 77, ownership.py)
     except OSError as exc:  # a dangling symlink, a loop
         raise ConfigError(key, f"{path}: cannot stat: {exc.strerror or exc}") from None
 
