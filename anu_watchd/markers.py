@@ -83,14 +83,34 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 # -- the settled check and the repairs: a projection rebuilt from the ledger ------------------
 
 
-def settled(files: TaskFiles) -> bool:
-    """True when a done/failed marker records exactly the current result file."""
+def settled(files: TaskFiles, latest: Callable[[], LedgerEntry | None]) -> bool:
+    """True when the ledger settled this task and its marker records exactly the current file.
+
+    A marker alone is never proof (it may be planted beside a result never woken,
+    docs/durability.md, "The settled shortcut"): the task's latest ledger line must be
+    terminal and the marker that state projects must name that line's key and hash.
+    ``latest`` is asked only once a marker's stamp matches, so an unsettled file costs
+    no ledger read.
+    """
     try:
         st = files.result.lstat()
     except OSError:
         return False
     stamp = FileStamp.of(st)
-    return any(stamp_matches(read_json(p), stamp) for p in (files.done, files.failed))
+    for path in (files.done, files.failed):
+        doc = read_json(path)
+        if doc is not None and stamp_matches(doc, stamp):
+            entry = latest()
+            if entry is not None and _projects(doc, entry, path == files.marker_for(entry.state)):
+                return True
+    return False
+
+
+def _projects(doc: dict[str, Any], entry: LedgerEntry, right_marker: bool) -> bool:
+    """The marker is the one the terminal ``entry`` projects, for its key and hash."""
+    if entry.state not in (LedgerState.DONE, LedgerState.FAILED) or not right_marker:
+        return False
+    return doc.get("idempotency_key") == entry.key and doc.get("sha256") == entry.sha256
 
 
 def encoded(log: Any, env: dict[str, Any]) -> bytes | None:

@@ -143,7 +143,7 @@ class Pipeline:
         try:
             # On the loop, not in a thread: a just-written result of a few KiB is in the page
             # cache, opened O_NONBLOCK, and a thread hop costs more than the read (~0.14 ms).
-            inp = _read_unless_settled(path, files, st.config.spool.max_result_bytes, scan)
+            inp = _read_unless_settled(path, files, st, scan)
         except InputVanishedError:
             run.log.info("result_vanished")
             return None
@@ -434,12 +434,14 @@ def _entry(four: FourTuple, state: LedgerState, attempt: int, ts: str) -> Ledger
 
 
 def _read_unless_settled(
-    path: Path, files: TaskFiles, max_bytes: int, scan: bool
+    path: Path, files: TaskFiles, st: Stages, scan: bool
 ) -> fsio.InputFile | None:
-    """A scan's settled check (an lstat and up to two small marker reads), then the read."""
-    if scan and markers.settled(files):
+    """A scan's settled check (an lstat, up to two small marker reads, one ledger line), then
+    the read."""
+    latest = functools.partial(st.ledger.latest_for_task, files.task_id)
+    if scan and markers.settled(files, latest):
         return None
-    return fsio.read_input(path, max_bytes)
+    return fsio.read_input(path, st.config.spool.max_result_bytes)
 
 
 def _name_holds_key(name: str, key: bytes | None) -> bool:
