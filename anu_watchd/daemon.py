@@ -47,6 +47,7 @@ from anu_watchd.receipts import ReceiptWatch, mark_received
 from anu_watchd.reload import reload_status_path
 from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebuilt
 from anu_watchd.secret import SealedKey, load_key
+from anu_watchd.settling import Settling
 from anu_watchd.sinks import Sink, build_sink
 from anu_watchd.spool import is_enabled
 
@@ -84,7 +85,9 @@ class Daemon:
         self._exit_now = exit_now
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._queue: asyncio.Queue[Path | None] = asyncio.Queue(QUEUE_BOUND)
-        self._queued: set[str] = set()
+        # Queued names -> "a rescan's run" (may leave a young invalid file to settle).
+        self._queued: dict[str, bool] = {}
+        self.settling = Settling()
         self._rescan_wanted = asyncio.Event()
         self._rescan_reasons: set[str] = set()
         self._stop = asyncio.Event()
@@ -224,6 +227,7 @@ class Daemon:
         self._intake_task = self._spawn(self._intake_reader(self._require_intake()), "intake")
         self._service = [
             self._spawn(self._rescanner(), "rescanner"),
+            self._spawn(self._settler(), "settler"),
             self._spawn(self._signal_handler(), "signals"),
             self._spawn(self._status_ticker(), "status"),
             self._spawn(self._receipt_sweeper(), "receipts"),
@@ -274,21 +278,32 @@ class Daemon:
 
     async def _worker(self) -> None:
         while (path := await self._queue.get()) is not None:
-            self._queued.discard(path.name)
-            out = await self.pipeline.pickup(path, scan=True)
+            rescan = self._queued.pop(path.name, False)
+            settle = self.settling.defer if rescan else None
+            out = await self.pipeline.pickup(path, scan=True, settle=settle)
             if out is not None:
                 self.counts[str(out.verdict)] += 1
         return None
 
-    async def enqueue(self, path: Path) -> None:
-        if path.name in self._queued or self._stop.is_set():
+    async def enqueue(self, path: Path, *, rescan: bool = False) -> None:
+        """Queue a run of ``path`` once; an event's run (``rescan=False``) judges a young file."""
+        if self._stop.is_set():
             return
-        self._queued.add(path.name)
+        if path.name in self._queued:
+            self._queued[path.name] = self._queued[path.name] and rescan
+            return
+        self._queued[path.name] = rescan
         await self._queue.put(path)
 
     async def _unfinished_first(self) -> None:
         for path in reconcile.refire_paths(self.pipeline.stages):
-            await self.enqueue(path)
+            await self.enqueue(path, rescan=True)
+
+    async def _settler(self) -> None:
+        """Re-check, as a rescan would, the files a rescan left to settle (settling.py)."""
+        while True:
+            for path in await self.settling.due():
+                await self.enqueue(path, rescan=True)
 
     async def _intake_reader(self, intake: Intake) -> None:
         async for ev in intake.events():
@@ -345,7 +360,7 @@ class Daemon:
             await self.enqueue(path)
         events_dir = stages.config.spool.events_dir
         for name in await reconcile.rescan_names(stages, reasons):
-            await self.enqueue(events_dir / name)  # a Path only once its turn comes
+            await self.enqueue(events_dir / name, rescan=True)  # a Path only once its turn comes
 
     async def _receipt_sweeper(self) -> None:
         while True:

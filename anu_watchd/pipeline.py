@@ -20,6 +20,7 @@ import os
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,20 @@ from anu_watchd.model import (
 )
 from anu_watchd.sinks.base import RetryPolicy, WakeFailed, register_with_retries
 from anu_watchd.slots import Slots
-from anu_watchd.spool import FileStamp, TaskFiles, is_enabled, is_result_name, task_id_from_name
+from anu_watchd.spool import (
+    FileStamp,
+    TaskFiles,
+    is_enabled,
+    is_result_name,
+    settling_for,
+    task_id_from_name,
+)
 from anu_watchd.stages import Stages
 from anu_watchd.validate import validate
 
 _log = structlog.get_logger("anu_watchd.pipeline")
+# A rescan's hook for a result that may still be being written: (path, seconds to wait).
+Settle = Callable[[Path, float], None]
 # What a file whose name holds the sealed key is called everywhere after it is seen.
 KEY_IN_NAME = "key-literal-in-name"
 
@@ -118,8 +128,14 @@ class Pipeline:
 
     # -- the entry point ----------------------------------------------------------
 
-    async def pickup(self, path: Path, *, scan: bool = False) -> Outcome | None:
-        """Run one file; ``scan=True`` skips, silently and unhashed, a file already settled."""
+    async def pickup(
+        self, path: Path, *, scan: bool = False, settle: Settle | None = None
+    ) -> Outcome | None:
+        """Run one file; ``scan=True`` skips, silently and unhashed, a file already settled.
+
+        ``settle`` (a rescan's run) is handed an invalid result changed within
+        ``spool.settle_s`` instead of quarantining it, with the seconds left to wait.
+        """
         st = self.stages
         if not is_enabled(st.config.spool.enable_flag):
             _log.debug("pickup_disabled", path=str(path))
@@ -132,11 +148,13 @@ class Pipeline:
         async with st.task_locks.hold(task_id or path.name):
             if task_id is None:
                 return await self._reject_name(path)
-            return await self._run(path, task_id, scan=scan)
+            return await self._run(path, task_id, scan=scan, settle=settle)
 
     # -- read -> validate -> decide -> act ----------------------------------------
 
-    async def _run(self, path: Path, task_id: str, *, scan: bool) -> Outcome | None:
+    async def _run(
+        self, path: Path, task_id: str, *, scan: bool, settle: Settle | None
+    ) -> Outcome | None:
         run = _Run(self.stages, path, task_id)
         st = run.st
         files = TaskFiles(path.parent, task_id)
@@ -157,6 +175,11 @@ class Pipeline:
         run.hashed(hashlib.sha256(inp.data).hexdigest())
         checked = validate(inp.data, task_id=task_id, rules=st.rules)
         if isinstance(checked, Rejected):
+            wait_s = _settling(inp, st, settle)
+            if settle is not None and wait_s > 0:
+                run.log.info("result_unsettled", reason=str(checked.reason), recheck_in_s=wait_s)
+                settle(path, wait_s)
+                return None
             return await self._quarantine(run, path, checked)
         return await self._dedupe_and_wake(run, files, checked, FileStamp.of(inp.st))
 
@@ -442,6 +465,14 @@ def _read_unless_settled(
     if scan and markers.settled(files, latest):
         return None
     return fsio.read_input(path, st.config.spool.max_result_bytes)
+
+
+def _settling(inp: fsio.InputFile, st: Stages, settle: Settle | None) -> float:
+    """Seconds the rescan's run waits before judging this file (0: judge it now)."""
+    if settle is None or st.config.spool.settle_s <= 0:
+        return 0.0
+    now_ns = int(st.clock().timestamp() * 1e9)
+    return round(max(0.0, settling_for(inp.st, now_ns, st.config.spool.settle_s)), 3)
 
 
 def _name_holds_key(name: str, key: bytes | None) -> bool:
