@@ -31,6 +31,7 @@ from anu_watchd import decide, envelope, fsio, markers, quarantine
 from anu_watchd.decide import Fire, NotActivated, RunFacts, Skip
 from anu_watchd.errors import (
     EnvelopeError,
+    InputReplacedError,
     InputVanishedError,
     UnsafeInputError,
 )
@@ -66,6 +67,8 @@ _log = structlog.get_logger("anu_watchd.pipeline")
 Settle = Callable[[Path, float], None]
 # What a file whose name holds the sealed key is called everywhere after it is seen.
 KEY_IN_NAME = "key-literal-in-name"
+# Judgements of one path replaced before its quarantine, before it counts as vanished.
+_JUDGE_TRIES = 4
 
 
 class _Run:
@@ -155,6 +158,18 @@ class Pipeline:
     async def _run(
         self, path: Path, task_id: str, *, scan: bool, settle: Settle | None
     ) -> Outcome | None:
+        """Judge the file at ``path``; again if it was replaced before its quarantine moved it."""
+        for _ in range(_JUDGE_TRIES):
+            try:
+                return await self._run_once(path, task_id, scan=scan, settle=settle)
+            except InputReplacedError as exc:
+                _log.info("result_replaced_before_quarantine", path=str(path), error=str(exc))
+        # Replaced at every try: the last replace brings its own event.
+        return None
+
+    async def _run_once(
+        self, path: Path, task_id: str, *, scan: bool, settle: Settle | None
+    ) -> Outcome | None:
         run = _Run(self.stages, path, task_id)
         st = run.st
         files = TaskFiles(path.parent, task_id)
@@ -166,7 +181,8 @@ class Pipeline:
             run.log.info("result_vanished")
             return None
         except UnsafeInputError as exc:
-            return await self._quarantine(run, path, Rejected(exc.reason, exc.detail))
+            rej = Rejected(exc.reason, exc.detail)
+            return await self._quarantine(run, path, rej, judged=exc.judged)
         except OSError as exc:
             rej = Rejected(QuarantineReason.UNREADABLE, f"cannot read: {exc.strerror or exc}")
             return await self._quarantine(run, path, rej)
@@ -180,7 +196,7 @@ class Pipeline:
                 run.log.info("result_unsettled", reason=str(checked.reason), recheck_in_s=wait_s)
                 settle(path, wait_s)
                 return None
-            return await self._quarantine(run, path, checked)
+            return await self._quarantine(run, path, checked, judged=fsio.identity(inp.st))
         return await self._dedupe_and_wake(run, files, checked, FileStamp.of(inp.st))
 
     async def _reject_name(self, path: Path) -> Outcome | None:
@@ -195,13 +211,26 @@ class Pipeline:
         return await self._quarantine(run, path, rej, as_name=KEY_IN_NAME)
 
     async def _quarantine(
-        self, run: _Run, path: Path, rej: Rejected, as_name: str | None = None
+        self,
+        run: _Run,
+        path: Path,
+        rej: Rejected,
+        as_name: str | None = None,
+        judged: tuple[int, int] | None = None,
     ) -> Outcome | None:
+        """Move the judged file aside (InputReplacedError if the path holds another now)."""
         qdir = run.st.config.spool.quarantine_dir
         now = run.st.clock()
         try:
             dest = await durable(
-                quarantine.quarantine, path, qdir, rej.reason, rej.detail, now=now, as_name=as_name
+                quarantine.quarantine,
+                path,
+                qdir,
+                rej.reason,
+                rej.detail,
+                now=now,
+                as_name=as_name,
+                judged=judged,
             )
         except InputVanishedError:
             run.log.info("result_vanished")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
-from anu_watchd import markers
+import pytest
+
+from anu_watchd import fsio, markers
 from anu_watchd.config import load_config
 from anu_watchd.model import Verdict
 from anu_watchd.runtime import open_pipeline
 from anu_watchd.secret import load_key
 from anu_watchd.spool import FileStamp
-from tests.spool import Spool
+from tests.spool import Spool, valid_doc
 
 
 def _planted_marker(path: Path, task_id: str) -> dict[str, object]:
@@ -58,3 +61,33 @@ async def test_a_settled_result_is_still_skipped_unhashed_on_a_rescan(tmp_path: 
         again = await pipeline.pickup(path, scan=True)
     assert first is not None and first.verdict is Verdict.WAKE_BUILT
     assert again is None
+
+
+async def test_a_fifo_replaced_by_a_valid_file_before_the_quarantine_move_is_not_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO at the result path is judged NOT_REGULAR_FILE, but a worker renames a valid
+    result over it just before the quarantine move: the move gives the valid file back,
+    the pipeline reads it again and wakes it; nothing valid lands in quarantine."""
+    spool = Spool(tmp_path)
+    path = spool.result_path("task-3")
+    os.mkfifo(path)
+    valid = json.dumps(valid_doc("task-3")).encode()
+    real, moves = fsio.atomic_move, []
+
+    def replaced_first(src: Path, dst: Path) -> None:
+        if not moves:
+            tmp = src.with_name(".w-" + src.name)
+            tmp.write_bytes(valid)
+            os.rename(tmp, src)
+        moves.append((src, dst))
+        real(src, dst)
+
+    monkeypatch.setattr(fsio, "atomic_move", replaced_first)
+    config = load_config(spool.config)
+    async with open_pipeline(config, load_key(str(spool.key_file))) as pipeline:
+        out = await pipeline.pickup(path)
+    assert out is not None and out.verdict is Verdict.WAKE_BUILT
+    assert out.sha256 == hashlib.sha256(valid).hexdigest()
+    assert spool.quarantined() == []
+    assert path.read_bytes() == valid
