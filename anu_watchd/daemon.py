@@ -102,6 +102,7 @@ class Daemon:
         self._intake_task: asyncio.Task[None] | None = None
         self._service: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
+        self._acks: dict[str, asyncio.Task[None]] = {}  # acks waiting for their task's lock
 
     # -- what the phases share ------------------------------------------------------
 
@@ -194,7 +195,8 @@ class Daemon:
     async def shutdown(self) -> None:
         """Start-up in reverse: intake off, in-flight runs finish (bounded); flushed on close."""
         self._require_intake().close()
-        for task in (*self._service, self._intake_task):
+        # Acks still waiting are on disk: the next receipt sweep takes them (receipts.py).
+        for task in (*self._service, self._intake_task, *self._acks.values()):
             if task is not None:
                 task.cancel()
         self._drop_queued()
@@ -319,13 +321,24 @@ class Daemon:
         elif ev.kind is Kind.FLAG:
             self._on_flag()
         elif ev.kind is Kind.ACKED and ev.task_id is not None:
-            async with self.pipeline.stages.task_locks.hold(ev.task_id):
-                await mark_received(self.config.spool.events_dir, ev.task_id)
+            self._queue_ack(ev.task_id)
         elif ev.kind is Kind.RETRY and ev.task_id is not None:
             await self._on_retry(ev.task_id)
         elif ev.kind is Kind.LOST:
             _log.critical("watched_directory_lost", path=str(ev.path), mask=ev.detail)
             raise WatchLostError(f"lost the watched directory {ev.path} ({ev.detail})")
+
+    def _queue_ack(self, task_id: str) -> None:
+        """An ack waits for its task's lock in a task of its own, one per task: intake never
+        does (a wake hung in the sink would stall every event behind it)."""
+        if task_id not in self._acks:
+            self._acks[task_id] = self._spawn(self._ack(task_id), "ack")
+
+    async def _ack(self, task_id: str) -> None:
+        async with self.pipeline.stages.task_locks.hold(task_id):
+            # From here an ack event starts another run: this one may have read too early.
+            del self._acks[task_id]
+            await mark_received(self.config.spool.events_dir, task_id)
 
     async def _on_retry(self, task_id: str) -> None:
         for path in await reconcile.retry_paths(self.pipeline.stages, [task_id]):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemonproc import DaemonProc, wait_for
+from tests.integration.test_wake import Recorders, exec_wake
+from tests.sinkhelpers import set_sink_behaviour
 from tests.spool import Spool, valid_doc
 
 
@@ -59,3 +61,42 @@ def test_a_half_written_file_abandoned_past_the_settle_time_is_quarantined(spool
             assert d.stop() == 0
     finally:
         os.close(fd)
+
+
+def _hung_wake(spool: Spool, *, drain_timeout_s: float) -> tuple[Recorders, DaemonProc]:
+    """A daemon whose exec sink hangs on task-1 (attempts 1, timeout 120 s), READY."""
+    rec = exec_wake(spool, behaviour="hang", attempts=1, timeout_s=120.0)
+    spool.config.write_text(f"drain_timeout_s = {drain_timeout_s}\n" + spool.config.read_text())
+    d = DaemonProc(spool)
+    d.wait_notify("READY=1")
+    spool.drop("task-1")
+    wait_for(lambda: len(rec.calls()) == 1, 20, "the sink to hang on task-1")
+    return rec, d
+
+
+def test_an_ack_for_an_in_flight_task_does_not_stall_intake(spool: Spool) -> None:
+    """An ``.acked`` file for the task whose wake hangs in the sink: intake goes on, and a
+    result dropped after it is woken while the first wake still hangs."""
+    rec, d = _hung_wake(spool, drain_timeout_s=1.0)
+    try:
+        (spool.events / "task-1.pickup.acked").write_text("{}\n")
+        set_sink_behaviour(rec.sink, "ok")
+        spool.drop("task-2")
+        wait_for(lambda: spool.marker("task-2"), 10, "task-2 woken behind the ack")
+        assert spool.marker("task-1") is None  # still hung
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_second_sigterm_during_a_hung_drain_exits_75_at_once(spool: Spool) -> None:
+    """SIGTERM starts a drain that a hung sink would hold for drain_timeout_s (60 s); a
+    second SIGTERM ends the process at once with 75."""
+    _, d = _hung_wake(spool, drain_timeout_s=60.0)
+    try:
+        d.signal(signal.SIGTERM)
+        d.wait_event("stopping")
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(timeout=10) == 75
+        assert d.events("second_signal_exit_now")
+    finally:
+        d.stop()
