@@ -103,6 +103,7 @@ class Daemon:
         self._service: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._acks: dict[str, asyncio.Task[None]] = {}  # acks waiting for their task's lock
+        self._signal_task: asyncio.Task[None] | None = None
 
     # -- what the phases share ------------------------------------------------------
 
@@ -196,8 +197,10 @@ class Daemon:
         """Start-up in reverse: intake off, in-flight runs finish (bounded); flushed on close."""
         self._require_intake().close()
         # Acks still waiting are on disk: the next receipt sweep takes them (receipts.py).
+        # The signal task stays until the drain is over: a second stop signal must be
+        # heard during it (docs/operations.md, "Reload, restart, rotate the key").
         for task in (*self._service, self._intake_task, *self._acks.values()):
-            if task is not None:
+            if task is not None and task is not self._signal_task:
                 task.cancel()
         self._drop_queued()
         for _ in self._workers:
@@ -208,6 +211,8 @@ class Daemon:
             w.cancel()
         if pending:
             _log.warning("drain_timed_out", cancelled_runs=len(pending), drain_timeout_s=timeout)
+        if self._signal_task is not None:
+            self._signal_task.cancel()
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -227,10 +232,11 @@ class Daemon:
         # Sink calls are bounded by wake.concurrency inside the pipeline, not here.
         self._workers = [self._spawn(self._worker(), f"worker-{i}") for i in range(RUNS_IN_FLIGHT)]
         self._intake_task = self._spawn(self._intake_reader(self._require_intake()), "intake")
+        self._signal_task = self._spawn(self._signal_handler(), "signals")
         self._service = [
+            self._signal_task,
             self._spawn(self._rescanner(), "rescanner"),
             self._spawn(self._settler(), "settler"),
-            self._spawn(self._signal_handler(), "signals"),
             self._spawn(self._status_ticker(), "status"),
             self._spawn(self._receipt_sweeper(), "receipts"),
         ]
@@ -391,7 +397,9 @@ class Daemon:
     async def _signal_handler(self) -> None:
         while True:
             sig = await self._signals.get()
-            if sig is signal.SIGHUP:
+            if sig is signal.SIGHUP and self._stop.is_set():
+                _log.info("reload_ignored", reason="stopping")
+            elif sig is signal.SIGHUP:
                 await self.handle_hup()
             else:
                 self.handle_term(sig)
