@@ -97,11 +97,11 @@ def settling_for(st: os.stat_result, now_ns: int, settle_s: float) -> float:
     """Seconds until a file last changed at ``st`` has been left alone for ``settle_s``.
 
     Positive: a writer may still be writing it in place (docs/durability.md, "A writer
-    that writes in place"). The later of mtime and ctime: a writer may set mtime back,
-    never ctime.
+    that writes in place"). ctime, not mtime: every write moves both, but only the kernel
+    sets ctime, so a writer cannot hold a file off (or hurry it) with ``touch -d``. A
+    ctime in the future (a file server's clock ahead) waits ``settle_s`` at most a time.
     """
-    changed_ns = max(st.st_mtime_ns, st.st_ctime_ns)
-    return settle_s - (now_ns - changed_ns) / 1e9
+    return min(settle_s, settle_s - (now_ns - st.st_ctime_ns) / 1e9)
 
 
 def task_id_from_name(name: str) -> str | None:

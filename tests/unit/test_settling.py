@@ -23,6 +23,14 @@ def test_a_file_changed_just_now_has_its_whole_settle_time_left(tmp_path: Path) 
     path = tmp_path / "f"
     path.write_bytes(b"{")
     st = os.stat(path)
-    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    changed = st.st_ctime_ns
     assert 1.9 < settling_for(st, changed, 2.0) <= 2.0
     assert settling_for(st, changed + 3600 * 10**9, 2.0) < 0
+
+
+def test_a_file_stamped_in_the_future_waits_the_settle_time_at_most(tmp_path: Path) -> None:
+    """Another host's clock ahead of ours never makes a file wait longer than settle_s."""
+    path = tmp_path / "f"
+    path.write_bytes(b"{")
+    st = os.stat(path)
+    assert settling_for(st, st.st_ctime_ns - 3600 * 10**9, 2.0) == 2.0
