@@ -83,14 +83,14 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 # -- the settled check and the repairs: a projection rebuilt from the ledger ------------------
 
 
-def settled(files: TaskFiles, latest: Callable[[], LedgerEntry | None]) -> bool:
-    """True when the ledger settled this task and its marker records exactly the current file.
+def settled(files: TaskFiles, ledger_get: Callable[[str], LedgerEntry | None]) -> bool:
+    """True when a marker records exactly the current file and the ledger settled its wake.
 
     A marker alone is never proof (it may be planted beside a result never woken,
-    docs/durability.md, "The settled shortcut"): the task's latest ledger line must be
-    terminal and the marker that state projects must name that line's key and hash.
-    ``latest`` is asked only once a marker's stamp matches, so an unsettled file costs
-    no ledger read.
+    docs/durability.md, "The settled shortcut"): the ledger's latest line for the
+    marker's key must be terminal, for this task and the marker's hash, and be the
+    state this marker projects. ``ledger_get`` (``Ledger.get``) is asked only once a
+    marker's stamp matches, so an unsettled file costs no ledger read.
     """
     try:
         st = files.result.lstat()
@@ -99,18 +99,21 @@ def settled(files: TaskFiles, latest: Callable[[], LedgerEntry | None]) -> bool:
     stamp = FileStamp.of(st)
     for path in (files.done, files.failed):
         doc = read_json(path)
-        if doc is not None and stamp_matches(doc, stamp):
-            entry = latest()
-            if entry is not None and _projects(doc, entry, path == files.marker_for(entry.state)):
-                return True
+        if doc is None or not stamp_matches(doc, stamp):
+            continue
+        key = doc.get("idempotency_key")
+        entry = ledger_get(key) if isinstance(key, str) else None
+        if entry is not None and _projects(doc, entry, files, path):
+            return True
     return False
 
 
-def _projects(doc: dict[str, Any], entry: LedgerEntry, right_marker: bool) -> bool:
-    """The marker is the one the terminal ``entry`` projects, for its key and hash."""
-    if entry.state not in (LedgerState.DONE, LedgerState.FAILED) or not right_marker:
+def _projects(doc: dict[str, Any], entry: LedgerEntry, files: TaskFiles, path: Path) -> bool:
+    """``path``'s marker ``doc`` is the projection of the terminal ledger ``entry``."""
+    if entry.state not in (LedgerState.DONE, LedgerState.FAILED):
         return False
-    return doc.get("idempotency_key") == entry.key and doc.get("sha256") == entry.sha256
+    same = (entry.task_id, entry.sha256) == (files.task_id, doc.get("sha256"))
+    return same and path == files.marker_for(entry.state)
 
 
 def encoded(log: Any, env: dict[str, Any]) -> bytes | None:

@@ -490,8 +490,7 @@ def _read_unless_settled(
 ) -> fsio.InputFile | None:
     """A scan's settled check (an lstat, up to two small marker reads, one ledger line), then
     the read."""
-    latest = functools.partial(st.ledger.latest_for_task, files.task_id)
-    if scan and markers.settled(files, latest):
+    if scan and markers.settled(files, st.ledger.get):
         return None
     return fsio.read_input(path, st.config.spool.max_result_bytes)
 
