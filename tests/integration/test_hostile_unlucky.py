@@ -51,6 +51,25 @@ async def test_a_planted_done_marker_does_not_suppress_the_wake(tmp_path: Path) 
     assert json.loads(done.read_text())["idempotency_key"] == out.idempotency_key
 
 
+async def test_a_done_marker_copied_from_another_task_does_not_suppress_the_wake(
+    tmp_path: Path,
+) -> None:
+    """A real, woken task's done marker copied beside another task's result and restamped
+    for it names a terminal ledger line, but of another task: the result is woken."""
+    spool = Spool(tmp_path)
+    woken = spool.drop("task-8")
+    path = spool.drop("task-9")
+    config = load_config(spool.config)
+    async with open_pipeline(config, load_key(str(spool.key_file))) as pipeline:
+        await pipeline.pickup(woken, scan=True)
+        copied = json.loads((spool.events / "task-8.pickup.done").read_text())
+        stamp = _planted_marker(path, "task-9")
+        copied.update(size=stamp["size"], mtime_ns=stamp["mtime_ns"], inode=stamp["inode"])
+        (spool.events / "task-9.pickup.done").write_bytes(markers.encode_json(copied))
+        out = await pipeline.pickup(path, scan=True)
+    assert out is not None and out.verdict is Verdict.WAKE_BUILT
+
+
 async def test_a_settled_result_is_still_skipped_unhashed_on_a_rescan(tmp_path: Path) -> None:
     """The shortcut still holds for a result the ledger settled: a second scan decides nothing."""
     spool = Spool(tmp_path)
