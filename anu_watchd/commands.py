@@ -12,6 +12,7 @@ Disabled is a full no-op for them: no lock file, no ledger, no evidence line.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import attrs
 
 from anu_watchd import fsio, markers, ownership, producer, quarantine, reconcile, status
 from anu_watchd.config import Config
-from anu_watchd.errors import ExitCode, UsageError
+from anu_watchd.errors import ExitCode, NoInputError, UsageError
 from anu_watchd.locks import InstanceLock, is_held
 from anu_watchd.model import TASK_ID_RE, Outcome, iso, utc_now
 from anu_watchd.pipeline import Pipeline
@@ -188,17 +189,27 @@ def retry(config: Config, key: Callable[[], SealedKey], task_id: str) -> RetryAn
     """
     files = task_files(config, task_id)
     if is_held(config.spool.lock_file):
+        if not os.path.lexists(files.result):
+            raise _no_result(files)
         ownership.assume_owner(config.root)
         reconcile.request_retry(files, iso(utc_now()))
         return RetryAnswer(requested=True)
 
     async def work(pipeline: Pipeline) -> list[Outcome]:
-        if not await reconcile.consume_retry(pipeline.stages, task_id):
+        verdict = await reconcile.consume_retry(pipeline.stages, task_id)
+        if verdict is reconcile.RetryVerdict.NOT_FAILED:
             raise UsageError(f"{task_id} is not FIRE_FAILED; nothing to retry")
+        if verdict is reconcile.RetryVerdict.NO_RESULT:
+            raise _no_result(files)
         out = await pipeline.pickup(files.result, scan=False)
         return [out] if out is not None else []
 
     return RetryAnswer(requested=False, runs=run_locked(config, key(), "retry", work))
+
+
+def _no_result(files: TaskFiles) -> NoInputError:
+    """A retry needs the result: without it the task would be RETRY forever, never re-run."""
+    return NoInputError(f"{files.result}: no such file; {files.task_id} stays FIRE_FAILED")
 
 
 # -- the running daemon, and the spool as it is ----------------------------------------------

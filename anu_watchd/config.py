@@ -43,6 +43,11 @@ def _positive(_inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"{attr.name}: must be greater than 0")
 
 
+def _not_negative(_inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attr.name}: must be 0 or greater")
+
+
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute[Any], str], None]:
     def check(_inst: Any, attr: attrs.Attribute[Any], value: str) -> None:
         if value not in choices:
@@ -61,6 +66,8 @@ class SpoolConfig:
     enable_flag: Path = Path("memory/state/p0b_driver_enabled")
     lock_file: Path = Path("memory/state/anu-watchd.lock")
     max_result_bytes: int = attrs.field(default=65536, validator=_positive)
+    # A rescan leaves an invalid result changed this recently to settle (docs/operations.md).
+    settle_s: float = attrs.field(default=2.0, validator=_not_negative)
     collector: str = "anu"
     executors: tuple[str, ...] = ()
 

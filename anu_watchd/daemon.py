@@ -48,6 +48,7 @@ from anu_watchd.receipts import ReceiptWatch, mark_received
 from anu_watchd.reload import reload_status_path
 from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebuilt
 from anu_watchd.secret import SealedKey, load_key
+from anu_watchd.settling import Settling
 from anu_watchd.sinks import Sink, rebuild_sink
 from anu_watchd.spool import is_enabled
 from anu_watchd.status import failed_now
@@ -86,7 +87,9 @@ class Daemon:
         self._exit_now = exit_now
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._queue: asyncio.Queue[Path | None] = asyncio.Queue(QUEUE_BOUND)
-        self._queued: set[str] = set()
+        # Queued names -> "a rescan's run" (may leave a young invalid file to settle).
+        self._queued: dict[str, bool] = {}
+        self.settling = Settling()
         self.failed_now = 0  # FIRE_FAILED tasks not yet retried, counted by the status ticker
         self._rescan_wanted = asyncio.Event()
         self._rescan_reasons: set[str] = set()
@@ -104,6 +107,8 @@ class Daemon:
         self._workers: list[asyncio.Task[None]] = []
         self.metrics = Metrics()  # lives as long as the daemon: counters survive a reload
         self.exporter = Exporter(self.metrics.registry)
+        self._acks: dict[str, asyncio.Task[None]] = {}  # acks waiting for their task's lock
+        self._signal_task: asyncio.Task[None] | None = None
 
     # -- what the phases share ------------------------------------------------------
 
@@ -200,8 +205,11 @@ class Daemon:
     async def shutdown(self) -> None:
         """Start-up in reverse: intake off, in-flight runs finish (bounded); flushed on close."""
         self._require_intake().close()
-        for task in (*self._service, self._intake_task):
-            if task is not None:
+        # Acks still waiting are on disk: the next receipt sweep takes them (receipts.py).
+        # The signal task stays until the drain is over: a second stop signal must be
+        # heard during it (docs/operations.md, "Reload, restart, rotate the key").
+        for task in (*self._service, self._intake_task, *self._acks.values()):
+            if task is not None and task is not self._signal_task:
                 task.cancel()
         self._drop_queued()
         for _ in self._workers:
@@ -212,6 +220,8 @@ class Daemon:
             w.cancel()
         if pending:
             _log.warning("drain_timed_out", cancelled_runs=len(pending), drain_timeout_s=timeout)
+        if self._signal_task is not None:
+            self._signal_task.cancel()
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -237,9 +247,11 @@ class Daemon:
         # Sink calls are bounded by wake.concurrency inside the pipeline, not here.
         self._workers = [self._spawn(self._worker(), f"worker-{i}") for i in range(RUNS_IN_FLIGHT)]
         self._intake_task = self._spawn(self._intake_reader(self._require_intake()), "intake")
+        self._signal_task = self._spawn(self._signal_handler(), "signals")
         self._service = [
+            self._signal_task,
             self._spawn(self._rescanner(), "rescanner"),
-            self._spawn(self._signal_handler(), "signals"),
+            self._spawn(self._settler(), "settler"),
             self._spawn(self._status_ticker(), "status"),
             self._spawn(self._receipt_sweeper(), "receipts"),
         ]
@@ -289,22 +301,33 @@ class Daemon:
 
     async def _worker(self) -> None:
         while (path := await self._queue.get()) is not None:
-            self._queued.discard(path.name)
+            rescan = self._queued.pop(path.name, False)
+            settle = self.settling.defer if rescan else None
             with self.metrics.in_flight():
-                out = await self.pipeline.pickup(path, scan=True)
+                out = await self.pipeline.pickup(path, scan=True, settle=settle)
             if out is not None:
                 self.counts[str(out.verdict)] += 1
         return None
 
-    async def enqueue(self, path: Path) -> None:
-        if path.name in self._queued or self._stop.is_set():
+    async def enqueue(self, path: Path, *, rescan: bool = False) -> None:
+        """Queue a run of ``path`` once; an event's run (``rescan=False``) judges a young file."""
+        if self._stop.is_set():
             return
-        self._queued.add(path.name)
+        if path.name in self._queued:
+            self._queued[path.name] = self._queued[path.name] and rescan
+            return
+        self._queued[path.name] = rescan
         await self._queue.put(path)
 
     async def _unfinished_first(self) -> None:
         for path in reconcile.refire_paths(self.pipeline.stages):
-            await self.enqueue(path)
+            await self.enqueue(path, rescan=True)
+
+    async def _settler(self) -> None:
+        """Re-check, as a rescan would, the files a rescan left to settle (settling.py)."""
+        while True:
+            for path in await self.settling.due():
+                await self.enqueue(path, rescan=True)
 
     async def _intake_reader(self, intake: Intake) -> None:
         async for ev in intake.events():
@@ -321,13 +344,24 @@ class Daemon:
         elif ev.kind is Kind.FLAG:
             self._on_flag()
         elif ev.kind is Kind.ACKED and ev.task_id is not None:
-            async with self.pipeline.stages.task_locks.hold(ev.task_id):
-                await mark_received(self.config.spool.events_dir, ev.task_id)
+            self._queue_ack(ev.task_id)
         elif ev.kind is Kind.RETRY and ev.task_id is not None:
             await self._on_retry(ev.task_id)
         elif ev.kind is Kind.LOST:
             _log.critical("watched_directory_lost", path=str(ev.path), mask=ev.detail)
             raise WatchLostError(f"lost the watched directory {ev.path} ({ev.detail})")
+
+    def _queue_ack(self, task_id: str) -> None:
+        """An ack waits for its task's lock in a task of its own, one per task: intake never
+        does (a wake hung in the sink would stall every event behind it)."""
+        if task_id not in self._acks:
+            self._acks[task_id] = self._spawn(self._ack(task_id), "ack")
+
+    async def _ack(self, task_id: str) -> None:
+        async with self.pipeline.stages.task_locks.hold(task_id):
+            # From here an ack event starts another run: this one may have read too early.
+            del self._acks[task_id]
+            await mark_received(self.config.spool.events_dir, task_id)
 
     async def _on_retry(self, task_id: str) -> None:
         for path in await reconcile.retry_paths(self.pipeline.stages, [task_id]):
@@ -365,7 +399,7 @@ class Daemon:
         if is_enabled(stages.config.spool.enable_flag):
             self.metrics.rescanned(reasons)
         for name in names:
-            await self.enqueue(events_dir / name)  # a Path only once its turn comes
+            await self.enqueue(events_dir / name, rescan=True)  # a Path only once its turn comes
 
     async def _receipt_sweeper(self) -> None:
         while True:
@@ -383,7 +417,9 @@ class Daemon:
     async def _signal_handler(self) -> None:
         while True:
             sig = await self._signals.get()
-            if sig is signal.SIGHUP:
+            if sig is signal.SIGHUP and self._stop.is_set():
+                _log.info("reload_ignored", reason="stopping")
+            elif sig is signal.SIGHUP:
                 await self.handle_hup()
             else:
                 self.handle_term(sig)

@@ -17,6 +17,7 @@ these are for the exceptional::
     │   └── OutcomeUnknownError  the directory fsync failed: it may or may not survive
     ├── InputError             an input file cannot be read safely
     │   ├── UnsafeInputError   quarantine it with .reason
+    │   ├── InputReplacedError the path no longer holds the file judged: read it again
     │   └── InputVanishedError it went away between event and open: log, ignore
     ├── WakeError              the sink could not register the wake
     │   ├── TransientWakeError retry with backoff (bounded)
@@ -125,12 +126,23 @@ class InputError(AnuWatchdError):
 
 
 class UnsafeInputError(InputError):
-    """The input must be quarantined for ``reason``."""
+    """The input must be quarantined for ``reason``.
 
-    def __init__(self, reason: QuarantineReason, detail: str) -> None:
+    ``judged`` is the (st_dev, st_ino) of the file that was judged, when known: the
+    quarantine moves the path only while it still holds that file.
+    """
+
+    def __init__(
+        self, reason: QuarantineReason, detail: str, judged: tuple[int, int] | None = None
+    ) -> None:
         self.reason = reason
         self.detail = detail
+        self.judged = judged
         super().__init__(f"{reason}: {detail}")
+
+
+class InputReplacedError(InputError):
+    """The path no longer holds the file that was judged: judge what is there now."""
 
 
 class InputVanishedError(InputError, FileNotFoundError):

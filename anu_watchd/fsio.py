@@ -328,8 +328,10 @@ def _read_input_once(path: Path, max_bytes: int) -> InputFile | None:
     except FileNotFoundError as exc:
         raise _vanished(path) from exc
     if not stat.S_ISREG(lst.st_mode):
-        raise _not_regular(f"not a regular file: {describe_mode(lst.st_mode)}")
+        raise _not_regular(f"not a regular file: {describe_mode(lst.st_mode)}", identity(lst))
     fd = _open_input(path)
+    if fd is None:
+        return None
     try:
         st = os.fstat(fd)
         if _replaced(lst, st):
@@ -339,8 +341,14 @@ def _read_input_once(path: Path, max_bytes: int) -> InputFile | None:
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise UnsafeInputError(QuarantineReason.OVERSIZE, f"grew past {max_bytes} bytes")
+        detail = f"grew past {max_bytes} bytes"
+        raise UnsafeInputError(QuarantineReason.OVERSIZE, detail, identity(st))
     return InputFile(data, st)
+
+
+def identity(st: os.stat_result) -> tuple[int, int]:
+    """Which file a stat describes: (st_dev, st_ino)."""
+    return (st.st_dev, st.st_ino)
 
 
 def _replaced(lst: os.stat_result, st: os.stat_result) -> bool:
@@ -368,27 +376,28 @@ def read_state(path: Path, max_bytes: int, *, follow: bool = False) -> bytes:
         os.close(fd)
 
 
-def _open_input(path: Path) -> int:
+def _open_input(path: Path) -> int | None:
+    """The opened input; None when a symlink or special file was swapped in after the
+    lstat (ELOOP, ENXIO): read again, so that the lstat judges what is there now."""
     try:
         return os.open(path, _READ_FLAGS)
     except FileNotFoundError as exc:
         raise _vanished(path) from exc
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _not_regular("swapped for a symlink before open") from exc
-        if exc.errno == errno.ENXIO:  # a socket (or a FIFO without writer) swapped in
-            raise _not_regular("swapped for a special file before open") from exc
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            return None
         raise
 
 
 def _check_opened(st: os.stat_result, max_bytes: int) -> None:
     """What was opened is the file lstat saw: it must be regular, have one link, be small."""
     if not stat.S_ISREG(st.st_mode):
-        raise _not_regular(f"not a regular file: {describe_mode(st.st_mode)}")
+        raise _not_regular(f"not a regular file: {describe_mode(st.st_mode)}", identity(st))
     if st.st_nlink != 1:
-        raise _not_regular(f"{st.st_nlink} hard links")
+        raise _not_regular(f"{st.st_nlink} hard links", identity(st))
     if st.st_size > max_bytes:
-        raise UnsafeInputError(QuarantineReason.OVERSIZE, f"{st.st_size} bytes, limit {max_bytes}")
+        detail = f"{st.st_size} bytes, limit {max_bytes}"
+        raise UnsafeInputError(QuarantineReason.OVERSIZE, detail, identity(st))
 
 
 def _read_at_most(fd: int, limit: int) -> bytes:
@@ -417,8 +426,8 @@ def describe_mode(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "special file")
 
 
-def _not_regular(detail: str) -> UnsafeInputError:
-    return UnsafeInputError(QuarantineReason.NOT_REGULAR_FILE, detail)
+def _not_regular(detail: str, judged: tuple[int, int]) -> UnsafeInputError:
+    return UnsafeInputError(QuarantineReason.NOT_REGULAR_FILE, detail, judged)
 
 
 def _vanished(path: Path) -> InputVanishedError:

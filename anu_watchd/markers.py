@@ -83,14 +83,37 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 # -- the settled check and the repairs: a projection rebuilt from the ledger ------------------
 
 
-def settled(files: TaskFiles) -> bool:
-    """True when a done/failed marker records exactly the current result file."""
+def settled(files: TaskFiles, ledger_get: Callable[[str], LedgerEntry | None]) -> bool:
+    """True when a marker records exactly the current file and the ledger settled its wake.
+
+    A marker alone is never proof (it may be planted beside a result never woken,
+    docs/durability.md, "The settled shortcut"): the ledger's latest line for the
+    marker's key must be terminal, for this task and the marker's hash, and be the
+    state this marker projects. ``ledger_get`` (``Ledger.get``) is asked only once a
+    marker's stamp matches, so an unsettled file costs no ledger read.
+    """
     try:
         st = files.result.lstat()
     except OSError:
         return False
     stamp = FileStamp.of(st)
-    return any(stamp_matches(read_json(p), stamp) for p in (files.done, files.failed))
+    for path in (files.done, files.failed):
+        doc = read_json(path)
+        if doc is None or not stamp_matches(doc, stamp):
+            continue
+        key = doc.get("idempotency_key")
+        entry = ledger_get(key) if isinstance(key, str) else None
+        if entry is not None and _projects(doc, entry, files, path):
+            return True
+    return False
+
+
+def _projects(doc: dict[str, Any], entry: LedgerEntry, files: TaskFiles, path: Path) -> bool:
+    """``path``'s marker ``doc`` is the projection of the terminal ledger ``entry``."""
+    if entry.state not in (LedgerState.DONE, LedgerState.FAILED):
+        return False
+    same = (entry.task_id, entry.sha256) == (files.task_id, doc.get("sha256"))
+    return same and path == files.marker_for(entry.state)
 
 
 def encoded(log: Any, env: dict[str, Any]) -> bytes | None:

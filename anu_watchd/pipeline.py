@@ -20,6 +20,7 @@ import os
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from anu_watchd import decide, envelope, fsio, markers, quarantine
 from anu_watchd.decide import Fire, NotActivated, RunFacts, Skip
 from anu_watchd.errors import (
     EnvelopeError,
+    InputReplacedError,
     InputVanishedError,
     UnsafeInputError,
 )
@@ -49,13 +51,24 @@ from anu_watchd.model import (
 )
 from anu_watchd.sinks.base import RetryPolicy, WakeFailed, register_with_retries
 from anu_watchd.slots import Slots
-from anu_watchd.spool import FileStamp, TaskFiles, is_enabled, is_result_name, task_id_from_name
+from anu_watchd.spool import (
+    FileStamp,
+    TaskFiles,
+    is_enabled,
+    is_result_name,
+    settling_for,
+    task_id_from_name,
+)
 from anu_watchd.stages import Stages
 from anu_watchd.validate import validate
 
 _log = structlog.get_logger("anu_watchd.pipeline")
+# A rescan's hook for a result that may still be being written: (path, seconds to wait).
+Settle = Callable[[Path, float], None]
 # What a file whose name holds the sealed key is called everywhere after it is seen.
 KEY_IN_NAME = "key-literal-in-name"
+# Judgements of one path replaced before its quarantine, before it counts as vanished.
+_JUDGE_TRIES = 4
 
 
 class _Run:
@@ -119,8 +132,14 @@ class Pipeline:
 
     # -- the entry point ----------------------------------------------------------
 
-    async def pickup(self, path: Path, *, scan: bool = False) -> Outcome | None:
-        """Run one file; ``scan=True`` skips, silently and unhashed, a file already settled."""
+    async def pickup(
+        self, path: Path, *, scan: bool = False, settle: Settle | None = None
+    ) -> Outcome | None:
+        """Run one file; ``scan=True`` skips, silently and unhashed, a file already settled.
+
+        ``settle`` (a rescan's run) is handed an invalid result changed within
+        ``spool.settle_s`` instead of quarantining it, with the seconds left to wait.
+        """
         st = self.stages
         if not is_enabled(st.config.spool.enable_flag):
             _log.debug("pickup_disabled", path=str(path))
@@ -133,23 +152,38 @@ class Pipeline:
         async with st.task_locks.hold(task_id or path.name):
             if task_id is None:
                 return await self._reject_name(path)
-            return await self._run(path, task_id, scan=scan)
+            return await self._run(path, task_id, scan=scan, settle=settle)
 
     # -- read -> validate -> decide -> act ----------------------------------------
 
-    async def _run(self, path: Path, task_id: str, *, scan: bool) -> Outcome | None:
+    async def _run(
+        self, path: Path, task_id: str, *, scan: bool, settle: Settle | None
+    ) -> Outcome | None:
+        """Judge the file at ``path``; again if it was replaced before its quarantine moved it."""
+        for _ in range(_JUDGE_TRIES):
+            try:
+                return await self._run_once(path, task_id, scan=scan, settle=settle)
+            except InputReplacedError as exc:
+                _log.info("result_replaced_before_quarantine", path=str(path), error=str(exc))
+        # Replaced at every try: the last replace brings its own event.
+        return None
+
+    async def _run_once(
+        self, path: Path, task_id: str, *, scan: bool, settle: Settle | None
+    ) -> Outcome | None:
         run = _Run(self.stages, path, task_id)
         st = run.st
         files = TaskFiles(path.parent, task_id)
         try:
             # On the loop, not in a thread: a just-written result of a few KiB is in the page
             # cache, opened O_NONBLOCK, and a thread hop costs more than the read (~0.14 ms).
-            inp = _read_unless_settled(path, files, st.config.spool.max_result_bytes, scan)
+            inp = _read_unless_settled(path, files, st, scan)
         except InputVanishedError:
             run.log.info("result_vanished")
             return None
         except UnsafeInputError as exc:
-            return await self._quarantine(run, path, Rejected(exc.reason, exc.detail))
+            rej = Rejected(exc.reason, exc.detail)
+            return await self._quarantine(run, path, rej, judged=exc.judged)
         except OSError as exc:
             rej = Rejected(QuarantineReason.UNREADABLE, f"cannot read: {exc.strerror or exc}")
             return await self._quarantine(run, path, rej)
@@ -159,7 +193,12 @@ class Pipeline:
         run.hashed(hashlib.sha256(inp.data).hexdigest())
         checked = validate(inp.data, task_id=task_id, rules=st.rules)
         if isinstance(checked, Rejected):
-            return await self._quarantine(run, path, checked)
+            wait_s = _settling(inp, st, settle)
+            if settle is not None and wait_s > 0:
+                run.log.info("result_unsettled", reason=str(checked.reason), recheck_in_s=wait_s)
+                settle(path, wait_s)
+                return None
+            return await self._quarantine(run, path, checked, judged=fsio.identity(inp.st))
         return await self._dedupe_and_wake(run, files, checked, FileStamp.of(inp.st))
 
     async def _reject_name(self, path: Path) -> Outcome | None:
@@ -174,13 +213,26 @@ class Pipeline:
         return await self._quarantine(run, path, rej, as_name=KEY_IN_NAME)
 
     async def _quarantine(
-        self, run: _Run, path: Path, rej: Rejected, as_name: str | None = None
+        self,
+        run: _Run,
+        path: Path,
+        rej: Rejected,
+        as_name: str | None = None,
+        judged: tuple[int, int] | None = None,
     ) -> Outcome | None:
+        """Move the judged file aside (InputReplacedError if the path holds another now)."""
         qdir = run.st.config.spool.quarantine_dir
         now = run.st.clock()
         try:
             dest = await durable(
-                quarantine.quarantine, path, qdir, rej.reason, rej.detail, now=now, as_name=as_name
+                quarantine.quarantine,
+                path,
+                qdir,
+                rej.reason,
+                rej.detail,
+                now=now,
+                as_name=as_name,
+                judged=judged,
             )
         except InputVanishedError:
             run.log.info("result_vanished")
@@ -437,12 +489,21 @@ def _entry(four: FourTuple, state: LedgerState, attempt: int, ts: str) -> Ledger
 
 
 def _read_unless_settled(
-    path: Path, files: TaskFiles, max_bytes: int, scan: bool
+    path: Path, files: TaskFiles, st: Stages, scan: bool
 ) -> fsio.InputFile | None:
-    """A scan's settled check (an lstat and up to two small marker reads), then the read."""
-    if scan and markers.settled(files):
+    """A scan's settled check (an lstat, up to two small marker reads, one ledger line), then
+    the read."""
+    if scan and markers.settled(files, st.ledger.get):
         return None
-    return fsio.read_input(path, max_bytes)
+    return fsio.read_input(path, st.config.spool.max_result_bytes)
+
+
+def _settling(inp: fsio.InputFile, st: Stages, settle: Settle | None) -> float:
+    """Seconds the rescan's run waits before judging this file (0: judge it now)."""
+    if settle is None or st.config.spool.settle_s <= 0:
+        return 0.0
+    # The kernel's clock, as the file's times are: not the stages' clock (tests pin that).
+    return round(max(0.0, settling_for(inp.st, time.time_ns(), st.config.spool.settle_s)), 3)
 
 
 def _name_holds_key(name: str, key: bytes | None) -> bool:

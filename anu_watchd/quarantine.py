@@ -13,6 +13,7 @@ so nothing here feeds back into the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -24,7 +25,12 @@ from typing import Any
 import attrs
 
 from anu_watchd import fsio
-from anu_watchd.errors import InputError, InputVanishedError, NotWrittenError
+from anu_watchd.errors import (
+    InputError,
+    InputReplacedError,
+    InputVanishedError,
+    NotWrittenError,
+)
 from anu_watchd.model import QuarantineReason, iso
 
 SIDECAR_SUFFIX = ".reason.json"
@@ -45,6 +51,7 @@ def quarantine(
     *,
     now: datetime,
     as_name: str | None = None,
+    judged: tuple[int, int] | None = None,
 ) -> Path:
     """Move ``path`` into ``qdir`` with a reason sidecar; return where it went.
 
@@ -53,11 +60,17 @@ def quarantine(
     such as one holding the sealed key. ``now`` must be timezone-aware.
     Raises InputVanishedError if ``path`` is gone, and fsio's write errors if
     the move or the sidecar is not durable.
+
+    ``judged`` (st_dev, st_ino) is the file that was found bad: the move takes only
+    that file. If the path holds another one (a worker's replace landed since) before
+    the move, InputReplacedError; if after it, the file is renamed back first.
     """
     fsio.ensure_dir(qdir)
     fsio.check_real_dir(qdir, "quarantine into it")
     stamp = now.astimezone(UTC).strftime(_STAMP_FORMAT)
+    _check_judged(path, judged)
     dest = _move_in(path, qdir, stamp, as_name or path.name)
+    _check_moved(dest, path, judged)
     original = (
         os.path.abspath(path)
         if as_name is None
@@ -72,6 +85,30 @@ def quarantine(
     body = json.dumps(doc, sort_keys=True).encode() + b"\n"
     fsio.atomic_write(sidecar_path(dest), body, mode=0o640)
     return dest
+
+
+def _check_judged(path: Path, judged: tuple[int, int] | None) -> None:
+    if judged is None:
+        return
+    try:
+        now = fsio.identity(os.lstat(path))
+    except FileNotFoundError as exc:
+        raise InputVanishedError(errno.ENOENT, "vanished before quarantine", str(path)) from exc
+    if now != judged:
+        raise InputReplacedError(f"{path}: replaced after it was judged")
+
+
+def _check_moved(dest: Path, path: Path, judged: tuple[int, int] | None) -> None:
+    """A replace that landed between the check and the move: give the newer file back.
+
+    Renamed back without replacing (a yet newer file at the path stays; then the one
+    we took stays here, moved but without a sidecar: ``quarantine list`` shows it).
+    """
+    if judged is None or fsio.identity(os.lstat(dest)) == judged:
+        return
+    with contextlib.suppress(FileExistsError):
+        fsio.atomic_move(dest, path)
+    raise InputReplacedError(f"{path}: replaced while it was moved to quarantine")
 
 
 def sidecar_path(entry: Path) -> Path:

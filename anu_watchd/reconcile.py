@@ -21,6 +21,8 @@ line, removes the failed marker and re-runs the result.
 from __future__ import annotations
 
 import asyncio
+import enum
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -29,8 +31,8 @@ import structlog
 
 from anu_watchd import fsio, markers, spool
 from anu_watchd.fsio import durable
-from anu_watchd.model import LedgerState, Outcome, iso
-from anu_watchd.pipeline import Pipeline
+from anu_watchd.model import LedgerEntry, LedgerState, Outcome, iso
+from anu_watchd.pipeline import Pipeline, Settle
 from anu_watchd.runtime import RUNS_IN_FLIGHT
 from anu_watchd.spool import TaskFiles
 from anu_watchd.stages import Stages
@@ -59,6 +61,7 @@ async def recover_markers(stages: Stages) -> None:
         removed += await durable(fsio.remove_stale_temps, sp.quarantine_dir)
     if removed:
         _log.info("stale_temps_removed", count=len(removed))
+    await _settle_orphan_retries(stages)
     await _rebuild_markers(stages)
 
 
@@ -106,24 +109,63 @@ def request_retry(files: TaskFiles, ts: str) -> None:
     fsio.atomic_write(files.retry, markers.encode_json({"task_id": files.task_id, "ts": ts}))
 
 
-async def consume_retry(stages: Stages, task_id: str) -> bool:
-    """Ledger RETRY + failed marker removed + request removed; True if the task should re-run."""
+class RetryVerdict(enum.Enum):
+    """What a retry request came to."""
+
+    ACCEPTED = "accepted"  # RETRY recorded, failed marker removed: re-run the result
+    NOT_FAILED = "not_failed"  # the task's latest line is not FAILED: nothing to retry
+    NO_RESULT = "no_result"  # the result file is gone: the task stays FAILED, visibly
+
+
+async def consume_retry(stages: Stages, task_id: str) -> RetryVerdict:
+    """Ledger RETRY + failed marker removed + request removed, when the task can re-run.
+
+    A task whose result file is gone is refused and stays FAILED with its marker: a
+    RETRY line for it would be re-fired, and found vanished, at every start
+    (docs/durability.md, "Retry of a task whose result is gone").
+    """
     files = TaskFiles(stages.config.spool.events_dir, task_id)
     latest = stages.ledger.latest_for_task(task_id)
-    ok = latest is not None and latest.state is LedgerState.FAILED
-    if latest is not None and ok:
+    verdict = _retry_verdict(latest, files)
+    if latest is not None and verdict is RetryVerdict.ACCEPTED:
         await stages.ledger.record(
             attrs.evolve(latest, state=LedgerState.RETRY, ts=iso(stages.clock()))
         )
         await durable(fsio.remove_durably, files.failed)
         _log.info("retry_accepted", task_id=task_id, idempotency_key=latest.key)
+    elif verdict is RetryVerdict.NO_RESULT:
+        _log.warning("retry_refused", task_id=task_id, reason="result_missing")
     else:
         state = latest.state if latest is not None else None
         _log.warning(
             "retry_ignored", task_id=task_id, reason=f"latest state is {state}, not FAILED"
         )
     await durable(fsio.remove_durably, files.retry)
-    return ok
+    return verdict
+
+
+def _retry_verdict(latest: LedgerEntry | None, files: TaskFiles) -> RetryVerdict:
+    if latest is None or latest.state is not LedgerState.FAILED:
+        return RetryVerdict.NOT_FAILED
+    if not os.path.lexists(files.result):
+        return RetryVerdict.NO_RESULT
+    return RetryVerdict.ACCEPTED
+
+
+async def _settle_orphan_retries(stages: Stages) -> None:
+    """Start-up: a RETRY whose result is gone goes back to FAILED (its marker is rebuilt next).
+
+    Left RETRY it would be re-fired, and found vanished, at every start, and shown
+    nowhere; FAILED is visible (``status``) and can be retried once the file is back.
+    """
+    events_dir = stages.config.spool.events_dir
+    for entry in stages.ledger.unfinished():
+        result = TaskFiles(events_dir, entry.task_id).result
+        if entry.state is not LedgerState.RETRY or os.path.lexists(result):
+            continue
+        failed = attrs.evolve(entry, state=LedgerState.FAILED, ts=iso(stages.clock()))
+        await stages.ledger.record(failed)
+        _log.warning("retry_settled_failed", task_id=entry.task_id, reason="result_missing")
 
 
 async def retry_paths(stages: Stages, task_ids: Iterable[str]) -> list[Path]:
@@ -136,7 +178,7 @@ async def retry_paths(stages: Stages, task_ids: Iterable[str]) -> list[Path]:
     for task_id in task_ids:
         if not spool.is_enabled(sp.enable_flag):
             break
-        if await consume_retry(stages, task_id):
+        if await consume_retry(stages, task_id) is RetryVerdict.ACCEPTED:
             paths.append(TaskFiles(sp.events_dir, task_id).result)
     return paths
 
@@ -162,7 +204,12 @@ async def rescan_names(stages: Stages, reasons: list[str]) -> list[str]:
 
 
 async def run_all(
-    pipeline: Pipeline, paths: Iterable[Path], *, concurrency: int, scan: bool
+    pipeline: Pipeline,
+    paths: Iterable[Path],
+    *,
+    concurrency: int,
+    scan: bool,
+    settle: Settle | None = None,
 ) -> list[Outcome]:
     """Run paths through the pipeline with at most ``concurrency`` in flight."""
     outcomes: list[Outcome] = []
@@ -170,7 +217,7 @@ async def run_all(
 
     async def worker() -> None:
         for path in source:  # a shared iterator: each path is taken by exactly one worker
-            out = await pipeline.pickup(path, scan=scan)
+            out = await pipeline.pickup(path, scan=scan, settle=settle)
             if out is not None:
                 outcomes.append(out)
 
@@ -203,6 +250,20 @@ async def reconcile(pipeline: Pipeline) -> list[Outcome]:
     sp = pipeline.stages.config.spool
     names = await asyncio.to_thread(spool.list_results, sp.events_dir, sp.result_glob)
     paths = (sp.events_dir / n for n in names)
-    outcomes = await run_all(pipeline, paths, concurrency=RUNS_IN_FLIGHT, scan=True)
+    young: dict[Path, float] = {}
+    outcomes = await run_all(
+        pipeline, paths, concurrency=RUNS_IN_FLIGHT, scan=True, settle=young.__setitem__
+    )
+    if young:
+        # Files a worker may be writing in place: judged once more after their settle
+        # time; one still changing then is left to the next scan (docs/operations.md).
+        await asyncio.sleep(max(young.values()))
+        left: dict[Path, float] = {}
+        again = list(young)
+        outcomes += await run_all(
+            pipeline, again, concurrency=RUNS_IN_FLIGHT, scan=True, settle=left.__setitem__
+        )
+        if left:
+            _log.warning("results_left_unsettled", count=len(left))
     _log.info("scan_finished", listed=len(names), ran=len(outcomes))
     return outcomes

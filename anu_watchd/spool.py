@@ -93,6 +93,17 @@ class FileStamp:
         return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
 
+def settling_for(st: os.stat_result, now_ns: int, settle_s: float) -> float:
+    """Seconds until a file last changed at ``st`` has been left alone for ``settle_s``.
+
+    Positive: a writer may still be writing it in place (docs/durability.md, "A writer
+    that writes in place"). ctime, not mtime: every write moves both, but only the kernel
+    sets ctime, so a writer cannot hold a file off (or hurry it) with ``touch -d``. A
+    ctime in the future (a file server's clock ahead) waits ``settle_s`` at most a time.
+    """
+    return min(settle_s, settle_s - (now_ns - st.st_ctime_ns) / 1e9)
+
+
 def task_id_from_name(name: str) -> str | None:
     """``task-7.result.json`` -> ``task-7``; None when the name is not a valid result name."""
     if not name.endswith(RESULT_SUFFIX):

@@ -20,12 +20,14 @@ from typing import Any
 import attrs
 import pytest
 
-from anu_watchd import envelope, fsio
+from anu_watchd import envelope, fsio, reconcile
 from anu_watchd.config import load_config
+from anu_watchd.model import LedgerState
 from anu_watchd.pipeline import Pipeline
 from anu_watchd.receipts import ReceiptWatch
 from anu_watchd.runtime import open_pipeline
 from anu_watchd.secret import load_key
+from anu_watchd.spool import TaskFiles
 from anu_watchd.stages import Stages
 from tests.deadline import until
 from tests.fsyncgate import FsyncGate
@@ -308,6 +310,64 @@ def test_retry_of_a_task_that_is_not_failed_is_a_usage_error(spool: Spool) -> No
         assert "not FIRE_FAILED" in res.stderr
     assert spool.ledger_lines() == before
     assert not list(spool.events.glob("*.pickup.retry"))
+
+
+def test_retry_of_a_task_whose_result_file_is_gone_exits_66_and_stays_failed(
+    spool: Spool,
+) -> None:
+    """retry of a FIRE_FAILED task whose result was deleted: 66 naming the path; the ledger
+    keeps FAILED, the failed marker stays, and no RETRY is left to re-fire at every start."""
+    exec_wake(spool, behaviour="fail")
+    path = spool.drop("task-1")
+    spool.cli("scan", "--once")
+    path.unlink()
+    res = spool.cli("retry", "task-1")
+    assert res.returncode == 66, res.stderr
+    assert str(path) in res.stderr
+    assert [e["state"] for e in spool.ledger_lines()] == ["CLAIMED", "FAILED"]
+    assert spool.marker("task-1", ".pickup.failed") is not None
+    assert not (spool.events / "task-1.pickup.retry").exists()
+
+
+async def test_a_retry_request_for_a_vanished_result_leaves_the_task_failed(spool: Spool) -> None:
+    """The daemon's side: a retry request consumed after the result was deleted is refused
+    (logged), removed, and the task stays FAILED with its marker."""
+    exec_wake(spool, behaviour="fail")
+    path = spool.drop("task-1")
+    spool.cli("scan", "--once")
+    path.unlink()
+    files = TaskFiles(spool.events, "task-1")
+    reconcile.request_retry(files, "2026-01-01T00:00:00Z")
+    config = load_config(spool.config)
+    async with open_pipeline(config, load_key(str(spool.key_file))) as pipeline:
+        assert await reconcile.pending_retry_paths(pipeline.stages) == []
+    assert [e["state"] for e in spool.ledger_lines()] == ["CLAIMED", "FAILED"]
+    assert spool.marker("task-1", ".pickup.failed") is not None
+    assert not files.retry.exists()
+
+
+async def test_a_retry_stuck_with_its_result_gone_is_settled_failed_at_start(
+    spool: Spool,
+) -> None:
+    """A RETRY line whose result vanished before its re-run (an older version's leftover)
+    is settled back to FAILED at start-up recovery, its failed marker rebuilt: not
+    re-fired and reported vanished at every start."""
+    rec = exec_wake(spool, behaviour="fail")
+    path = spool.drop("task-1")
+    spool.cli("scan", "--once")
+    set_sink_behaviour(rec.sink, "ok")
+    config = load_config(spool.config)
+    async with open_pipeline(config, load_key(str(spool.key_file))) as pipeline:
+        latest = pipeline.stages.ledger.latest_for_task("task-1")
+        assert latest is not None
+        await pipeline.stages.ledger.record(attrs.evolve(latest, state=LedgerState.RETRY))
+    (spool.events / "task-1.pickup.failed").unlink()
+    path.unlink()
+    async with open_pipeline(config, load_key(str(spool.key_file))) as pipeline:
+        await reconcile.recover_markers(pipeline.stages)
+        assert reconcile.refire_paths(pipeline.stages) == []
+    assert [e["state"] for e in spool.ledger_lines()][-1] == "FAILED"
+    assert spool.marker("task-1", ".pickup.failed") is not None
 
 
 # -- acks without a daemon -----------------------------------------------------------------

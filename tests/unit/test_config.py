@@ -23,6 +23,7 @@ def test_empty_document_gives_the_spec_defaults() -> None:
     assert cfg.spool.events_dir == Path("/srv/anu/memory/events")
     assert cfg.spool.ledger == Path("/srv/anu/memory/events/callback_4tuple_index.jsonl")
     assert cfg.spool.max_result_bytes == 65536
+    assert cfg.spool.settle_s == 2.0
     assert cfg.wake.activated is False
     assert cfg.wake.sink == "log"
     assert (cfg.wake.attempts, cfg.wake.concurrency) == (3, 4)
@@ -50,6 +51,7 @@ def test_relative_root_resolves_against_the_config_directory(tmp_path: Path) -> 
         ({"wake": {"attempts": "3"}}, "wake.attempts: expected an integer"),
         ({"wake": {"attempts": True}}, "wake.attempts: expected an integer, got a boolean"),
         ({"wake": {"attempts": 0}}, "wake.attempts: must be greater than 0"),
+        ({"spool": {"settle_s": -1}}, "spool.settle_s: must be 0 or greater"),
         ({"wake": {"activated": "yes"}}, "wake.activated: expected true or false"),
         ({"wake": {"sink": "smtp"}}, "wake.sink: expected one of exec, http, nats, log"),
         ({"wake": {"colour": 1}}, "wake.colour: unknown key"),
@@ -114,6 +116,7 @@ _FLOAT_KEYS = [
     ("wake", "backoff_max_s"),
     ("wake", "timeout_s"),
     ("wake", "receipt_ttl_s"),
+    ("spool", "settle_s"),
 ]
 
 
