@@ -391,3 +391,20 @@ def test_cron_line_scans_and_skips_while_locked(anu: Container, sealed_key: str)
         skipped = anu.run(*as_cron, user=user, check=False)
     assert skipped.returncode == 1, shlex.join(as_cron)
     assert _done_marker(anu, "task-sd-cron-2") is None
+
+
+def test_metrics_endpoint_answers_on_loopback(anu: Container) -> None:
+    """With `[metrics] listen` on loopback, the hardened unit serves /metrics there: a scrape
+    from the host side of the unit's network rules counts the woken result."""
+    config = anu.path(CONFIG).read_text()
+    anu.write(CONFIG, config.replace('# listen = "127.0.0.1:9464"', 'listen = "127.0.0.1:9464"'))
+    anu.systemctl("start", SERVICE)
+    _drop_result(anu, "task-sd-metrics")
+    _wait_woken(anu, "task-sd-metrics")
+    scrape = (
+        "import urllib.request as u;"
+        "print(u.urlopen('http://127.0.0.1:9464/metrics', timeout=5).read().decode())"
+    )
+    text = anu.run("python3", "-c", scrape).stdout
+    assert 'anu_watchd_results_total{verdict="WAKE_BUILT"} 1.0' in text
+    assert "anu_watchd_build_info{" in text
