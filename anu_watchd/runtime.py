@@ -67,7 +67,9 @@ async def open_pipeline(config: Config, key: SealedKey | None) -> AsyncIterator[
     ledger = Ledger.open(config.spool.ledger, fail_stop=fail_stop)
     evidence = AppendLog.open(config.spool.evidence_log, fail_stop=fail_stop)
     sink = build_sink(config, key)
-    projections = ProjectionWriter(fail_stop)
+    projections = ProjectionWriter(
+        fail_stop, ledger=config.spool.ledger, ledger_end=lambda: ledger.durable_end
+    )
     stages = Stages(
         config=config,
         ledger=ledger,
