@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--level", default="info", help="log level (warning: no per-file lines)")
     ap.add_argument("--workdir", type=Path, default=Path("/work/bench-spool"))
     a = ap.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     config, paths = _spool(root, a.files)
     log = open(root / "daemon.log", "w")  # noqa: SIM115 - open for the whole run
     cfg = load_config(config)
-    logs.configure(level="info", fmt="json", key=load_key(cfg.key.file, root=cfg.root), stream=log)
+    logs.configure(level=a.level, fmt="json", key=load_key(cfg.key.file, root=cfg.root), stream=log)
     prof = None if a.no_profile else cProfile.Profile()
     cpu0, t0 = os.times(), time.monotonic()
     if prof is not None:

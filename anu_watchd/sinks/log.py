@@ -6,6 +6,7 @@ For demos, dry runs and benchmarks; it wakes nobody.
 from __future__ import annotations
 
 import json
+import logging
 
 import structlog
 
@@ -17,7 +18,8 @@ class LogSink:
     supports_update = False
 
     async def register(self, envelope: bytes, *, idempotency_key: str) -> str:
-        _log.info("wake_logged", envelope=json.loads(envelope), idempotency_key=idempotency_key)
+        if _log.is_enabled_for(logging.INFO):  # no decode for a line nobody will see
+            _log.info("wake_logged", envelope=json.loads(envelope), idempotency_key=idempotency_key)
         # Deterministic, so a re-fire after a crash reports the same id.
         return "log-" + idempotency_key.removeprefix("ik1-")[:16]
 
