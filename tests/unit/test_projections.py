@@ -81,6 +81,49 @@ def test_a_halted_batch_stops_before_its_next_fsync_and_leaves_no_trace(tmp_path
     assert _names(tmp_path) == set()
 
 
+# -- write_many_unsynced and sync_bulk -----------------------------------------------
+
+
+def test_unsynced_writes_rename_each_file_without_an_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Projections land whole under their names and no fsync is made; removals follow."""
+    seam = Seam()
+    monkeypatch.setattr(fsio, "fsync", seam)
+    (tmp_path / "stale").write_bytes(b"old")
+    fsio.write_many_unsynced(
+        [(tmp_path / "x", b"1"), (tmp_path / "y", b"2")], remove=[tmp_path / "stale"]
+    )
+    assert _names(tmp_path) == {"x", "y"}
+    assert seam.kinds == []
+
+
+def test_an_unsynced_write_onto_a_directory_leaves_no_temp(tmp_path: Path) -> None:
+    """A rename that fails (a directory at the path) raises NotWrittenError, no temp left."""
+    (tmp_path / "d").mkdir()
+    with pytest.raises(NotWrittenError):
+        fsio.write_many_unsynced([(tmp_path / "d", b"1")])
+    assert _names(tmp_path) == {"d"}
+
+
+def test_a_set_halt_flag_stops_unsynced_writes_and_the_bulk_sync(tmp_path: Path) -> None:
+    """After a fatal error elsewhere neither a file nor a syncfs is attempted: ECANCELED."""
+    halted = threading.Event()
+    halted.set()
+    with pytest.raises(OSError) as info:
+        fsio.write_many_unsynced([(tmp_path / "x", b"1")], halted=halted)
+    assert info.value.errno == errno.ECANCELED
+    with pytest.raises(OSError):
+        fsio.sync_bulk(tmp_path, halted)
+    assert _names(tmp_path) == set()
+
+
+def test_sync_bulk_calls_the_real_syncfs(tmp_path: Path) -> None:
+    """syncfs(2) through ctypes succeeds on a healthy filesystem."""
+    (tmp_path / "x").write_bytes(b"1")
+    fsio.sync_bulk(tmp_path)
+
+
 # -- ProjectionWriter ------------------------------------------------------------
 
 
