@@ -113,6 +113,11 @@ class AppendLog:
         return cls(path, fd, size, fail_stop)
 
     @property
+    def end(self) -> int:
+        """The offset after the last durable line."""
+        return self._end
+
+    @property
     def healthy(self) -> bool:
         """False once poisoned, closed, or another writer failed: the watchdog stops pinging."""
         return self._cause is None and not self._closed and not self._fail_stop.is_set()

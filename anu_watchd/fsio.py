@@ -67,6 +67,36 @@ def fsync(fd: int) -> None:
     os.fsync(fd)
 
 
+def syncfs(fd: int) -> None:
+    """syncfs(2) of the filesystem holding ``fd``: the bulk sync of projections.
+
+    A second seam beside ``fsync`` (patch ``anu_watchd.fsio.syncfs``). Since
+    Linux 5.8 it reports a writeback error of any file on the filesystem once
+    per descriptor, like fsync; a failure is fatal and never retried.
+    """
+    if _libc_syncfs()(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs failed: {os.strerror(err)}")
+
+
+@functools.cache
+def _libc_syncfs() -> Any:
+    fn = ctypes.CDLL(None, use_errno=True).syncfs
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def sync_bulk(directory: Path, halted: threading.Event | None = None) -> None:
+    """Make every write renamed so far on ``directory``'s filesystem durable: one syncfs."""
+    fd = os.open(directory, _DIR_FLAGS)
+    try:
+        check_halted(halted)
+        syncfs(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (creations, renames, unlinks) durable."""
     fd = os.open(path, _DIR_FLAGS)
@@ -184,6 +214,45 @@ def atomic_write_many(
     dirs = dict.fromkeys([p.parent for p, _ in writes] + [p.parent for p in remove])
     for directory in dirs:
         _sync_dir_after(directory, f"{len(writes)} writes and {len(remove)} removals")
+
+
+def write_many_unsynced(
+    writes: Sequence[tuple[Path, bytes]],
+    *,
+    remove: Sequence[Path] = (),
+    halted: threading.Event | None = None,
+) -> None:
+    """Projections: each file tmp -> write -> rename, atomic to readers, not yet durable.
+
+    No fsync here: the caller makes a whole batch durable with ``sync_bulk``
+    and start-up repair rewrites what a power cut took (docs/durability.md,
+    "Projections"). A failure may leave earlier files renamed: callers treat
+    it as fatal. ``halted`` stops the batch before its next file.
+    """
+    current = writes[0][0] if writes else Path()
+    for current, data in writes:
+        check_halted(halted)
+        tmp = current.parent / temp_name(current.name)
+        try:
+            fd = os.open(tmp, _WRITE_FLAGS, 0o644)
+        except OSError as exc:
+            raise _not_written(current, exc, "not written") from exc
+        try:
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            os.rename(tmp, current)
+        except OSError as exc:
+            _discard(tmp)
+            raise _not_written(current, exc, "not written") from exc
+        except BaseException:
+            _discard(tmp)
+            raise
+    for path in remove:
+        check_halted(halted)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def check_halted(halted: threading.Event | None) -> None:

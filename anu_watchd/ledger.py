@@ -459,6 +459,39 @@ class Ledger:
         """Lines in the ledger (recovered at open plus appended since)."""
         return self._lines + self._appended
 
+    @property
+    def durable_end(self) -> int:
+        """The offset after the last durable line: where the next line will start."""
+        return self._end if self._log is None else self._log.end
+
+    def lines_after(self, offset: int) -> Iterator[tuple[int, LedgerEntry]]:
+        """Every durable line from ``offset`` (a line start) on, parsed; blocking.
+
+        Start-up repair reads only this tail, after the projections' watermark
+        (docs/durability.md, "Projections"); an offset that is not a line start
+        (a watermark from another ledger) reads the whole file. Read in 1 MiB
+        blocks: a missing watermark (the first start) reads it all.
+        """
+        end = self.durable_end
+        try:
+            fd = fsio.open_state(self.path, os.O_RDONLY, op="read the ledger")
+        except FileNotFoundError:
+            return
+        try:
+            if not 0 < offset <= end or os.pread(fd, 1, offset - 1) != b"\n":
+                offset = 0
+            rest = b""
+            while offset + len(rest) < end:
+                block = os.pread(fd, min(1 << 20, end - offset - len(rest)), offset + len(rest))
+                if not block:
+                    break
+                *lines, rest = (rest + block).split(b"\n")
+                for line in lines:
+                    yield offset, _reread(line)
+                    offset += len(line) + 1
+        finally:
+            os.close(fd)
+
     def counts(self) -> dict[str, int]:
         """How many keys are in each latest state."""
         return {s.value: self._counts[_CODES[s]] for s in _STATES}

@@ -116,6 +116,20 @@ def _projects(doc: dict[str, Any], entry: LedgerEntry, files: TaskFiles, path: P
     return same and path == files.marker_for(entry.state)
 
 
+def projections_hold(files: TaskFiles, entry: LedgerEntry) -> bool:
+    """True when this wake's marker and envelope file are both there and its own (blocking).
+
+    Start-up repair's check of a terminal ledger line after the watermark: a
+    projection a power cut left missing, empty, torn or stale (another wake's)
+    reads as None or foreign here.
+    """
+    doc = read_json(files.marker_for(entry.state))
+    if doc is None or doc.get("idempotency_key") != entry.key:
+        return False
+    env = read_json(files.envelope)
+    return env is not None and env.get("idempotency_key") == entry.key
+
+
 def encoded(log: Any, env: dict[str, Any]) -> bytes | None:
     """The envelope's bytes, or None (logged) when it fails the validator."""
     try:

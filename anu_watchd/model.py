@@ -6,6 +6,7 @@ Nothing here does I/O; these are the words the pipeline speaks.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -118,8 +119,8 @@ class FourTuple:
     collector: str
     kind: str = DEFAULT_KIND
 
-    @property
-    def idempotency_key(self) -> str:
+    @functools.cached_property
+    def idempotency_key(self) -> str:  # read ~3 times a wake: hashed once
         return idempotency_key(self)
 
 

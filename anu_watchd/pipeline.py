@@ -7,9 +7,10 @@ evidence line and one canonical log line.
 
 Order of effects for a wake, so that a crash anywhere is recoverable from
 the ledger alone: ledger CLAIMED (durable) -> sink -> ledger DONE/FAILED
-(durable) -> marker -> envelope file. Markers and envelopes are projections;
-recovery rebuilds them. A failure to write any of them is a DurabilityError
-and stops the daemon (docs/durability.md).
+(durable) -> marker -> envelope file. Markers and envelopes are projections,
+made durable in bulk by the projection writer; recovery rebuilds them. A
+failure to write any of them is a DurabilityError and stops the daemon
+(docs/durability.md).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class _Run:
         self.sha256: str | None = None
         self.key: str | None = None
         self.renamed_ns: int | None = None  # the result's ctime: its rename, for the latency
+        self.debt: int | None = None  # a projection owed for its terminal ledger line
         self.log = _log.bind(run_id=self.run_id, path=self.path, task_id=task_id)
         # A fleet host names itself in its logs and evidence (docs/operations.md, "Fleet").
         self.host_id = st.config.wake.nats.host_id if st.sink.delivery_method == "nats" else None
@@ -348,6 +350,7 @@ class Pipeline:
     ) -> LedgerEntry:
         """Record the terminal ledger line of a claimed wake (durable when this returns)."""
         entry = attrs.evolve(claimed, state=state, schedule_id=schedule_id, ts=run.now())
+        run.debt = run.st.projections.owe()  # before the line: the watermark stays behind it
         await run.st.ledger.record(entry)
         return entry
 
@@ -381,7 +384,7 @@ class Pipeline:
         if body is not None:
             writes.append((files.envelope, body))
         # Marker, then envelope, then the stale failed marker, group-committed with other runs.
-        await run.st.projections.write(writes, remove=[files.failed])
+        await run.st.projections.write(writes, remove=[files.failed], debt=run.debt)
         if body is not None:
             await self._push_update(run, final, body)
         return await self._finish(
@@ -399,9 +402,11 @@ class Pipeline:
         attempts: int,
     ) -> Outcome:
         doc = markers.marker_doc(failed, attempts=attempts, ts=failed.ts, error=error, stamp=stamp)
-        await durable(markers.write_json, files.failed, doc)
-        failed_env = envelope.register_failed(env, error=error)
-        await markers.store_envelope(files, markers.encoded(run.log, failed_env))
+        writes = [(files.failed, markers.encode_json(doc))]
+        body = markers.encoded(run.log, envelope.register_failed(env, error=error))
+        if body is not None:
+            writes.append((files.envelope, body))
+        await run.st.projections.write(writes, debt=run.debt)
         run.log.critical("wake_failed", error=error, attempt=attempts)
         wake = run.st.config.wake
         report = decide.escalation(

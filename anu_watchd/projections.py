@@ -1,57 +1,92 @@
-"""Group commit for projection files: done markers, envelope files, stale-marker removals.
+"""Group commit for projection files: done/failed markers, envelope files, stale-marker removals.
 
-Every wake ends by writing its done marker and its envelope file. Written
-one run at a time, each wake pays a thread hop and a directory fsync of its
-own; under a burst the writer instead takes every run's files that queued
-while the previous batch was on disk and makes them durable together with
-``fsio.atomic_write_many`` (one thread hop, one fsync per file, one
-directory fsync per batch), the way ``AppendLog`` group-commits lines. A
+Every wake ends by writing its marker and its envelope file. They are
+projections of the ledger, whose line is the wake's only commit point
+(docs/durability.md, "Projections"): under a burst the writer takes every
+run's files that queued while the previous batch was on disk, writes each
+tmp -> write -> rename (atomic to readers, no fsync of its own) and makes
+the whole batch durable with one ``syncfs`` (``fsio.sync_bulk``). A
 caller's ``write`` returns once its files are durable.
 
+The watermark: a run ``owe``s a projection before it records its terminal
+ledger line (the debt is the ledger's end at that moment, at or before the
+line). After a bulk sync, every terminal line before the smallest debt still
+open — or before the ledger's end when the batch started, if none is — has
+its projection durable; that offset is written to ``watermark.path_for``
+with the next batch (the next sync makes it durable too), and start-up
+repair reads only the ledger after it.
+
 A failed batch fails every caller in it with ``DurabilityError``, and every
-later write too: the daemon stops (docs/durability.md); nothing retries. After a
-fatal error elsewhere, ``halt`` stops a batch already in its thread before
-its next fsync or rename.
+later write too: the daemon stops (docs/durability.md); nothing retries, a
+failed sync is never repeated. After a fatal error elsewhere, ``halt`` stops
+a batch already in its thread before its next file or sync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import structlog
 
-from anu_watchd import fsio
+from anu_watchd import fsio, watermark
 from anu_watchd.errors import DurabilityError
 
 _log = structlog.get_logger("anu_watchd.projections")
 
-_Job = tuple[Sequence[tuple[Path, bytes]], Sequence[Path], "asyncio.Future[None]"]
+_Job = tuple[Sequence[tuple[Path, bytes]], Sequence[Path], "asyncio.Future[None]", int | None]
 
 
 class ProjectionWriter:
     """Batches concurrent runs' projection writes; one flusher task at a time."""
 
-    def __init__(self, fail_stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        fail_stop: threading.Event | None = None,
+        *,
+        ledger: Path | None = None,
+        ledger_end: Callable[[], int] | None = None,
+    ) -> None:
         self._pending: list[_Job] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: DurabilityError | None = None
         self._halted_for: BaseException | None = None  # halt(): a fatal error seen elsewhere
-        # Read by the writer thread before each fsync and rename; shared with the append
-        # logs of the same daemon, so a failed ledger fsync stops a batch already in its
-        # thread at once, not when the event loop gets to halt() (see AppendLog).
+        # Read by the writer thread before each file and sync; shared with the append logs
+        # of the same daemon, so a failed ledger fsync stops a batch already in its thread
+        # at once, not when the event loop gets to halt() (see AppendLog).
         self._halted = fail_stop if fail_stop is not None else threading.Event()
+        # The watermark is kept only with a ledger to measure it against.
+        self._ledger = ledger
+        self._ledger_end = ledger_end if ledger is not None else None
+        self._debts: dict[int, int] = {}
+        self._tokens = itertools.count()
+        self._mark = 0  # the watermark known durable-to-be, not yet written
+        self._written_mark = -1
+
+    def owe(self) -> int | None:
+        """Before a terminal ledger line: a debt that ``write(..., debt=)`` pays once durable."""
+        if self._ledger_end is None:
+            return None
+        token = next(self._tokens)
+        self._debts[token] = self._ledger_end()
+        return token
 
     async def write(
-        self, writes: Sequence[tuple[Path, bytes]], *, remove: Sequence[Path] = ()
+        self,
+        writes: Sequence[tuple[Path, bytes]],
+        *,
+        remove: Sequence[Path] = (),
+        debt: int | None = None,
     ) -> None:
         """Make ``writes`` (then ``remove``) durable, sharing the disk work with other runs."""
         if self._failure is not None:
             raise self._failure
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((writes, remove, done))
+        self._pending.append((writes, remove, done, debt))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="projection-writer")
         await done
@@ -62,9 +97,19 @@ class ProjectionWriter:
         return self._halted_for is not None
 
     async def aclose(self) -> None:
-        """Wait for the batches in flight: their runs may be gone (cancelled), not their fate."""
+        """Wait for the batches in flight, then make the final watermark durable."""
         while self._flusher is not None:
             await asyncio.wait([self._flusher])
+        if self._failure is None and not self._halted.is_set() and self._ledger_end is not None:
+            mark = self._watermark_now()
+            if mark == self._written_mark:
+                return
+            # A clean close: every debt paid (runs are over), so the mark is the ledger's end.
+            try:
+                await asyncio.to_thread(self._sync_mark, mark)
+            except OSError as exc:  # the fail-stop flag makes the close fatal (runtime)
+                self._halted.set()
+                _log.error("projection_write_failed", error=str(exc), files=1)
 
     def halt(self, cause: BaseException) -> None:
         """Fail-stop after a fatal error elsewhere: write nothing more, fail what is queued."""
@@ -73,7 +118,7 @@ class ProjectionWriter:
         if self._failure is None:
             self._failure = _fatal(cause)
         dropped, self._pending = self._pending, []
-        for _, _, done in dropped:
+        for _, _, done, _ in dropped:
             if not done.done():
                 done.set_exception(self._failure)
 
@@ -82,7 +127,7 @@ class ProjectionWriter:
             while self._pending and self._failure is None:
                 batch, self._pending = self._pending, []
                 await self._flush(batch)
-            for _, _, done in self._pending:
+            for _, _, done, _ in self._pending:
                 if self._failure is not None and not done.done():
                     done.set_exception(self._failure)
             if self._failure is not None:
@@ -91,31 +136,66 @@ class ProjectionWriter:
             self._flusher = None
 
     async def _flush(self, batch: list[_Job]) -> None:
-        writes = [w for ws, _, _ in batch for w in ws]
-        remove = [r for _, rs, _ in batch for r in rs]
+        writes = [w for ws, _, _, _ in batch for w in ws]
+        remove = [r for _, rs, _, _ in batch for r in rs]
+        # The ledger's end as this batch starts: every debt owed before now is in this
+        # batch or still open, so after the sync the watermark may move up to here.
+        end = self._ledger_end() if self._ledger_end is not None else 0
+        mark = self._mark if self._mark != self._written_mark else None
         try:
-            await asyncio.to_thread(self._write, writes, remove)
+            await asyncio.to_thread(self._write, writes, remove, mark)
         except BaseException as exc:
             if isinstance(exc, Exception):  # its callers may be gone: say it here, once
                 _log.error("projection_write_failed", error=str(exc), files=len(writes))
             self._failure = self._failure or _fatal(exc)
-            for _, _, done in batch:
+            for _, _, done, _ in batch:
                 if not done.done():
                     done.set_exception(self._failure)
             if not isinstance(exc, Exception):
                 raise  # cancellation: the daemon is halting
             return
-        for _, _, done in batch:
+        if mark is not None:
+            self._written_mark = mark
+        for _, _, done, debt in batch:
+            if debt is not None:
+                self._debts.pop(debt, None)
             if not done.done():  # a cancelled run (halt) no longer waits
                 done.set_result(None)
+        self._mark = max(self._mark, min([end, *self._debts.values()]))
 
-    def _write(self, writes: list[tuple[Path, bytes]], remove: list[Path]) -> None:
+    def _watermark_now(self) -> int:
+        assert self._ledger_end is not None
+        return max(self._mark, min([self._ledger_end(), *self._debts.values()]))
+
+    def _write(
+        self, writes: list[tuple[Path, bytes]], remove: list[Path], mark: int | None
+    ) -> None:
         """In the writer thread: a failure stops the daemon's other writers at once."""
         try:
-            fsio.atomic_write_many(writes, remove=remove, halted=self._halted)
+            fsio.write_many_unsynced(writes, remove=remove, halted=self._halted)
+            if mark is not None and self._ledger is not None:
+                watermark.write(self._ledger, mark)  # made durable by the sync below
+            dirs = dict.fromkeys([p.parent for p, _ in writes] + [p.parent for p in remove])
+            for directory in _one_per_filesystem(dirs):
+                fsio.sync_bulk(directory, self._halted)
         except OSError:
             self._halted.set()
             raise
+
+    def _sync_mark(self, mark: int) -> None:
+        assert self._ledger is not None
+        fsio.check_halted(self._halted)
+        watermark.write(self._ledger, mark)
+        fsio.sync_bulk(self._ledger.parent, self._halted)
+        self._mark = self._written_mark = mark
+
+
+def _one_per_filesystem(dirs: Iterable[Path]) -> list[Path]:
+    """One directory per filesystem: a syncfs covers every file on it."""
+    seen: dict[int, Path] = {}
+    for d in dirs:
+        seen.setdefault(os.stat(d).st_dev, d)
+    return list(seen.values())
 
 
 def _fatal(exc: BaseException) -> DurabilityError:

@@ -1,7 +1,7 @@
 """Reconcile: recovery at start-up, rescans, and retry requests; for the daemon and ``scan --once``.
 
 Start-up recovery trusts only the ledger: it removes our stale temp files,
-rebuilds the markers the ledger projects, and re-fires every CLAIMED entry
+repairs the projections of the ledger lines after the watermark, and re-fires every CLAIMED entry
 with the same key (``refire_paths``). A rescan (at start-up after the watch
 is armed, after an inotify overflow, on the backstop timer, on enable or
 reload, and in ``scan --once``) first consumes pending retry requests and
@@ -29,8 +29,9 @@ from pathlib import Path
 import attrs
 import structlog
 
-from anu_watchd import fsio, markers, spool
+from anu_watchd import fsio, markers, spool, watermark
 from anu_watchd.fsio import durable
+from anu_watchd.ledger import Ledger
 from anu_watchd.model import LedgerEntry, LedgerState, Outcome, iso
 from anu_watchd.pipeline import Pipeline, Settle
 from anu_watchd.runtime import RUNS_IN_FLIGHT
@@ -44,8 +45,8 @@ STALE_TEMP_S = 60.0
 # -- start-up recovery ------------------------------------------------------------
 
 
-async def recover_markers(stages: Stages) -> None:
-    """Start-up: remove our stale temp files and rebuild the markers the ledger projects."""
+async def recover_markers(stages: Stages) -> Repair:
+    """Start-up: remove our stale temp files and repair the projections after the watermark."""
     sp = stages.config.spool
     # We hold the instance lock, so the writer of a marker or envelope temp (and of anything
     # in the quarantine dir) is dead: those go at once, however young (a restart after a
@@ -62,29 +63,75 @@ async def recover_markers(stages: Stages) -> None:
     if removed:
         _log.info("stale_temps_removed", count=len(removed))
     await _settle_orphan_retries(stages)
-    await _rebuild_markers(stages)
+    return await _rebuild_markers(stages)
 
 
-async def _rebuild_markers(stages: Stages) -> None:
-    """Write the markers the ledger says should exist but are absent.
+@attrs.frozen
+class Repair:
+    """What start-up repair did: the ledger offset it read from, lines read, files rewritten."""
 
-    One directory listing, not one open per ledger entry: a marker that exists
-    but is unreadable fails the scan's stamp check and is repaired there.
+    since: int
+    lines: int
+    rewritten: int
+
+
+async def _rebuild_markers(stages: Stages) -> Repair:
+    """Rewrite, from the ledger, every projection a crash or power cut could have spoilt.
+
+    Only the terminal lines after the watermark can have one (docs/durability.md,
+    "Projections"): for each task whose latest line is among them, a missing,
+    empty, torn or foreign marker or envelope file gets its marker rewritten
+    without a file stamp, so the next scan hashes the result and its PICKUP_SKIP
+    rebuilds the envelope; a failed marker beside a DONE goes. Nothing is woken.
     """
     ledger = stages.ledger
     events_dir = stages.config.spool.events_dir
-    present = set(await asyncio.to_thread(spool.list_names, events_dir))
-    for task_id, state in ledger.terminal_tasks():
-        path = TaskFiles(events_dir, task_id).marker_for(state)
-        if path.name in present:
+    since = await asyncio.to_thread(watermark.read, ledger.path)
+    tail = await asyncio.to_thread(_tail_tasks, ledger, since)
+    latest = [e for e in map(ledger.latest_for_task, tail.tasks) if e is not None]
+    terminal = [e for e in latest if e.state in (LedgerState.DONE, LedgerState.FAILED)]
+    writes, remove = await asyncio.to_thread(_spoilt, events_dir, terminal)
+    if writes or remove:
+        await stages.projections.write(writes, remove=remove)
+    for path, _ in writes:
+        _log.info("marker_rebuilt", marker=path.name)
+    report = Repair(since, tail.lines, len(writes) + len(remove))
+    _log.info("projections_checked", since=since, lines=tail.lines, rewritten=report.rewritten)
+    return report
+
+
+@attrs.frozen
+class _Tail:
+    tasks: list[str]
+    lines: int
+
+
+def _tail_tasks(ledger: Ledger, since: int) -> _Tail:
+    """The tasks with a line after ``since``, in file order; blocking."""
+    tasks: dict[str, None] = {}
+    lines = 0
+    for _, entry in ledger.lines_after(since):
+        lines += 1
+        tasks[entry.task_id] = None
+    return _Tail(list(tasks), lines)
+
+
+def _spoilt(
+    events_dir: Path, entries: list[LedgerEntry]
+) -> tuple[list[tuple[Path, bytes]], list[Path]]:
+    """The markers to rewrite and the stale failed markers to remove; blocking."""
+    writes: list[tuple[Path, bytes]] = []
+    remove: list[Path] = []
+    for entry in entries:
+        files = TaskFiles(events_dir, entry.task_id)
+        if entry.state is LedgerState.DONE and files.failed.exists():
+            remove.append(files.failed)
+        if markers.projections_hold(files, entry):
             continue
-        entry = ledger.latest_for_task(task_id)
-        if entry is None:
-            continue
-        # No file stamp: the result may have changed since, so the next scan must hash it.
-        fresh = markers.marker_doc(entry, attempts=entry.attempt, ts=entry.ts)
-        await durable(markers.write_json, path, fresh)
-        _log.info("marker_rebuilt", task_id=task_id, marker=path.name)
+        # No file stamp: the next scan must hash the result (and rebuild its envelope).
+        doc = markers.marker_doc(entry, attempts=entry.attempt, ts=entry.ts)
+        writes.append((files.marker_for(entry.state), markers.encode_json(doc)))
+    return writes, remove
 
 
 def refire_paths(stages: Stages) -> list[Path]:

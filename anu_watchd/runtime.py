@@ -71,7 +71,9 @@ async def open_pipeline(
     evidence = AppendLog.open(config.spool.evidence_log, fail_stop=fail_stop)
     metrics = metrics or Metrics()
     sink = metrics.metered(build_sink(config, key), config.wake.sink)
-    projections = ProjectionWriter(fail_stop)
+    projections = ProjectionWriter(
+        fail_stop, ledger=config.spool.ledger, ledger_end=lambda: ledger.durable_end
+    )
     stages = Stages(
         config=config,
         ledger=ledger,

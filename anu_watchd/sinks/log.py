@@ -6,6 +6,7 @@ For demos, dry runs and benchmarks; it wakes nobody.
 from __future__ import annotations
 
 import json
+import logging
 
 import structlog
 
@@ -17,10 +18,11 @@ class LogSink:
     supports_update = False
 
     async def register(self, envelope: bytes, *, idempotency_key: str) -> str:
-        doc = json.loads(envelope)
-        # task_id at top level too: every line about a task carries it (docs/operations.md).
-        task_id = doc.get("task_id") if isinstance(doc, dict) else None
-        _log.info("wake_logged", task_id=task_id, envelope=doc, idempotency_key=idempotency_key)
+        if _log.is_enabled_for(logging.INFO):  # no decode for a line nobody will see
+            doc = json.loads(envelope)
+            # task_id at top level too: every line about a task carries it (docs/operations.md).
+            task_id = doc.get("task_id") if isinstance(doc, dict) else None
+            _log.info("wake_logged", task_id=task_id, envelope=doc, idempotency_key=idempotency_key)
         # Deterministic, so a re-fire after a crash reports the same id.
         return "log-" + idempotency_key.removeprefix("ik1-")[:16]
 

@@ -10,6 +10,12 @@ abort its journal (EROFS) — what a thin-provisioned volume running dry does.
 target over the loop device; ``fail()`` swaps the table for ``error`` and every
 I/O fails with EIO. Needs a kernel with device-mapper.
 
+``FailingDisk(kind="dm-flakey")``: the same over device-mapper's ``flakey``
+target, kept "up" (every I/O passes) until ``cut_power()`` loads
+``drop_writes``: from then on every write is acknowledged and silently
+dropped, so whatever was not on the device at that instant is lost at the
+next mount, as in a power cut (xfstests' dm-flakey recipe).
+
 ``crash()`` is the restart observation: unmount (cached pages whose writeback
 failed are dropped, as a power cut would), detach, heal (space freed, or the
 linear table back), fsck (journal replay), mount again. What remains is what was
@@ -46,10 +52,22 @@ def why_not(kind: str) -> str | None:
         return "mounting and loop devices need root"
     if not Path("/dev/loop-control").exists():
         return "the kernel has no loop devices (/dev/loop-control is absent)"
-    if kind == "dm-error" and not _has_device_mapper():
+    if kind.startswith("dm-") and not _has_device_mapper():
         return "the kernel has no device-mapper (no 'device-mapper' in /proc/misc)"
-    _run(str(ENSURE_TOOLS), *(["dm"] if kind == "dm-error" else []))
+    _run(str(ENSURE_TOOLS), *(["dm"] if kind.startswith("dm-") else []))
+    if kind == "dm-flakey" and not _has_dm_target("flakey"):
+        return "device-mapper has no flakey target (dm_flakey: not built or not loadable)"
     return None
+
+
+def _has_dm_target(name: str) -> bool:
+    with contextlib.suppress(OSError):
+        subprocess.run(["modprobe", f"dm_{name}"], capture_output=True, check=False)
+    try:
+        targets = _run("dmsetup", "targets")
+    except RuntimeError:
+        return False
+    return any(line.split()[:1] == [name] for line in targets.splitlines())
 
 
 def _has_device_mapper() -> bool:
@@ -126,6 +144,15 @@ class FailingDisk:
             _run("dmsetup", "load", self.dm_name, "--table", f"0 {sectors} error")
             _run("dmsetup", "resume", self.dm_name)
 
+    def cut_power(self) -> None:
+        """dm-flakey: from now on every write is acknowledged and dropped (a power cut)."""
+        assert self.kind == "dm-flakey" and self.loop is not None
+        sectors = IMAGE_BYTES // 512
+        table = f"0 {sectors} flakey {self.loop} 0 0 180 1 drop_writes"
+        _run("dmsetup", "suspend", "--noflush", self.dm_name)
+        _run("dmsetup", "load", self.dm_name, "--table", table)
+        _run("dmsetup", "resume", self.dm_name)
+
     def crash(self) -> None:
         """Lose everything not durable, heal the device, replay the journal, mount again."""
         umount(self.mnt)
@@ -147,13 +174,13 @@ class FailingDisk:
     def _attach(self) -> None:
         self.loop = _run("losetup", "--find", "--show", str(self.image))
         self.device = self.loop
-        if self.kind == "dm-error":
+        if self.kind.startswith("dm-"):
             table = f"0 {IMAGE_BYTES // 512} linear {self.loop} 0"
             _run("dmsetup", "create", self.dm_name, "--table", table)
             self.device = f"/dev/mapper/{self.dm_name}"
 
     def _detach(self) -> None:
-        if self.kind == "dm-error" and self.device is not None:
+        if self.kind.startswith("dm-") and self.device is not None:
             subprocess.run(
                 ["dmsetup", "remove", "--force", self.dm_name], capture_output=True, check=False
             )

@@ -35,7 +35,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from anu_watchd import reconcile
+from anu_watchd import fsio, reconcile
 from anu_watchd.config import load_config
 from anu_watchd.model import FourTuple, LedgerEntry, LedgerState
 from anu_watchd.producer import encode_result, write_result
@@ -51,6 +51,7 @@ SINK_RECORD = "wakes.log"
 
 # One wake = one line, "<idempotency key> <pid>", appended with one write(2) to an
 # O_APPEND file (shorter than PIPE_BUF), so concurrent wakes never interleave.
+_REAL_SYNCFS = fsio.syncfs  # before any test patches the seam
 _LEAN_SINK = """#!/bin/sh
 read -r envelope || true
 printf '%s %s\\n' "$ANU_WATCHD_IDEMPOTENCY_KEY" "$$" >> {record}
@@ -288,14 +289,33 @@ class FsyncFault:
         self.sticky = sticky
         self.on_fail = on_fail
         self.count = 0
+        self.bulk = 0  # successful bulk syncs (syncfs)
         self.failed: str | None = None  # what the failing fsync was syncing
         self.after: list[str] = []
         self.durable_size: dict[str, int] = {}
         self.durable_names: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, fd: int) -> None:
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """At both seams: ``fsio.fsync`` and the projections' bulk ``fsio.syncfs``."""
+        monkeypatch.setattr(fsio, "fsync", self)
+        monkeypatch.setattr(fsio, "syncfs", self.syncfs)
+
+    def syncfs(self, fd: int) -> None:
+        """A bulk sync counts as one position; when it succeeds, all on its filesystem is
+        durable (modelled for its directory: every name, and every file's size)."""
+        self._fail_or_count(os.readlink(f"/proc/self/fd/{fd}"))
+        self.bulk += 1
+        _REAL_SYNCFS(fd)
         target = os.readlink(f"/proc/self/fd/{fd}")
+        with self._lock:
+            self.durable_names[target] = set(os.listdir(target))
+            for name in self.durable_names[target]:
+                path = os.path.join(target, name)
+                if os.path.isfile(path):
+                    self.durable_size[path] = os.path.getsize(path)
+
+    def _fail_or_count(self, target: str) -> None:
         with self._lock:
             self.count += 1
             if self.failed is not None:
@@ -307,6 +327,10 @@ class FsyncFault:
                     self.on_fail()
         if fail:
             raise OSError(errno.EIO, "injected EIO at the fsync seam")
+
+    def __call__(self, fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        self._fail_or_count(target)
         st = os.fstat(fd)
         os.fsync(fd)
         with self._lock:

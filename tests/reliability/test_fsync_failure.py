@@ -79,9 +79,10 @@ def _count_fsyncs(root: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     """How many fsyncs a healthy first life makes: the positions to fail at."""
     spool, _ = _spool(root)
     counter = FsyncFault(None)
-    monkeypatch.setattr(fsio, "fsync", counter)
+    counter.install(monkeypatch)
     asyncio.run(life(spool, RecordingSink(), recover=False))
     monkeypatch.undo()
+    assert counter.bulk >= 1, "the projections were never made durable in bulk"
     return counter.count
 
 
@@ -108,7 +109,7 @@ def _run_scenario(root: Path, sc: Scenario, monkeypatch: pytest.MonkeyPatch) -> 
     snapshots: list[dict[str, tuple[str, int, str]]] = []
     fault = FsyncFault(sc.at, sticky=sc.sticky, on_fail=lambda: snapshots.append(tree(root)))
     sink = RecordingSink()
-    monkeypatch.setattr(fsio, "fsync", fault)
+    fault.install(monkeypatch)
     with pytest.raises(DurabilityError):
         asyncio.run(life(spool, sink, recover=False))
     monkeypatch.undo()
@@ -146,10 +147,9 @@ def test_every_fsync_position_failing_is_fatal_and_recovers_without_loss(
                     _run_scenario(tmp_path / f"{at}-{sticky:d}{power_cut:d}", sc, monkeypatch)
                 )
     targets = {w.rsplit("(", 1)[1] for w in seen}
-    # Every kind of durable write was hit: both logs, markers, envelopes and the directory.
+    # Every kind of durable write was hit: both logs and the directory (its fsync, and the
+    # projections' syncfs, which names it: markers and envelopes have no fsync of their own).
     assert {LEDGER + ")", EVIDENCE + ")", "events)"} <= targets
-    assert any(".pickup.done." in t for t in targets)
-    assert any(".callback-envelope.json." in t for t in targets)
 
 
 # -- the fail-stop pieces ---------------------------------------------------------------------
@@ -199,8 +199,8 @@ def test_scan_once_exits_70_on_an_fsync_failure_and_writes_nothing_more(
     """`scan --once` (four workers) hitting EIO exits 70, not a traceback, and stops dead."""
     spool, _ = _spool(tmp_path, 30)
     snapshots: list[dict[str, tuple[str, int, str]]] = []
-    fault = FsyncFault(60, on_fail=lambda: snapshots.append(tree(tmp_path)))
-    monkeypatch.setattr(fsio, "fsync", fault)
+    fault = FsyncFault(10, on_fail=lambda: snapshots.append(tree(tmp_path)))
+    fault.install(monkeypatch)
     assert cli.main(["--config", str(spool.config), "scan", "--once"]) == 70
     assert "fatal" in capsys.readouterr().err
     assert len(fault.after) <= IN_FLIGHT_FSYNCS, fault.after
@@ -226,7 +226,7 @@ async def _fail_daemon_then_restart(
     produced = {f"task-d{i}": produce(spool.events, f"task-d{i}") for i in range(n)}
     snapshots: list[Any] = []
     fault = FsyncFault(at, on_fail=lambda: snapshots.append(tree(spool.events)))
-    monkeypatch.setattr(fsio, "fsync", fault)
+    fault.install(monkeypatch)
     code = await asyncio.wait_for(Daemon(spool.config, environ={}).serve(), 30)
     assert code == 70, f"fsync #{at} failing: exit {code}, not 70"
     monkeypatch.undo()
@@ -325,26 +325,25 @@ def test_real_device_mapper_error_target_is_fatal_and_recovers(tmp_path: Path) -
 
 
 class FailAfterGate:
-    """At the fsync seam: the first fsync of a done-marker temp waits for ``release``, then
-    fails with EIO; every other fsync is real."""
+    """At the bulk sync seam: the first syncfs (a projection batch) waits for ``release``,
+    then fails with EIO."""
 
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
 
     def __call__(self, fd: int) -> None:
-        if ".pickup.done." in os.readlink(f"/proc/self/fd/{fd}") and not self.entered.is_set():
+        if not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(10), "never released"
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        os.fsync(fd)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
 
 async def test_a_write_failing_after_its_run_was_cancelled_still_ends_in_70(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The run waiting for its done marker is cancelled (a drain that timed out), then that
-    fsync fails in the writer thread: nobody is left to raise, yet leaving open_pipeline
+    """The run waiting for its done marker is cancelled (a drain that timed out), then its
+    batch's syncfs fails in the writer thread: nobody is left to raise, yet leaving open_pipeline
     raises DurabilityError (exit 70), and the ledger reports unhealthy (no checkpoint)."""
     spool = Spool(tmp_path)
     path = spool.drop("task-1")
@@ -353,9 +352,9 @@ async def test_a_write_failing_after_its_run_was_cancelled_still_ends_in_70(
     with pytest.raises(DurabilityError, match="after its run was cancelled"):
         async with open_pipeline(config, load_key(config.key.file, root=config.root)) as pipeline:
             ledger = pipeline.stages.ledger
-            monkeypatch.setattr(fsio, "fsync", gate)
+            monkeypatch.setattr(fsio, "syncfs", gate)
             run = asyncio.ensure_future(pipeline.pickup(path))
-            await asyncio.to_thread(gate.entered.wait, 10)  # the marker's fsync is under way
+            await asyncio.to_thread(gate.entered.wait, 10)  # the marker's batch is syncing
             run.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await run

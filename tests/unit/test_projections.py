@@ -1,6 +1,6 @@
 """Group commit of projection files: fsio.atomic_write_many and ProjectionWriter.
 
-Real files in tmp_path; faults only at the ``anu_watchd.fsio.fsync`` seam.
+Real files in tmp_path; faults only at the ``anu_watchd.fsio.fsync`` and ``syncfs`` seams.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from anu_watchd import fsio
+from anu_watchd import fsio, watermark
 from anu_watchd.appendlog import AppendLog
 from anu_watchd.errors import DurabilityError, NotWrittenError
 from anu_watchd.projections import ProjectionWriter
@@ -81,38 +81,85 @@ def test_a_halted_batch_stops_before_its_next_fsync_and_leaves_no_trace(tmp_path
     assert _names(tmp_path) == set()
 
 
+# -- write_many_unsynced and sync_bulk -----------------------------------------------
+
+
+def test_unsynced_writes_rename_each_file_without_an_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Projections land whole under their names and no fsync is made; removals follow."""
+    seam = Seam()
+    monkeypatch.setattr(fsio, "fsync", seam)
+    (tmp_path / "stale").write_bytes(b"old")
+    fsio.write_many_unsynced(
+        [(tmp_path / "x", b"1"), (tmp_path / "y", b"2")], remove=[tmp_path / "stale"]
+    )
+    assert _names(tmp_path) == {"x", "y"}
+    assert seam.kinds == []
+
+
+def test_an_unsynced_write_onto_a_directory_leaves_no_temp(tmp_path: Path) -> None:
+    """A rename that fails (a directory at the path) raises NotWrittenError, no temp left."""
+    (tmp_path / "d").mkdir()
+    with pytest.raises(NotWrittenError):
+        fsio.write_many_unsynced([(tmp_path / "d", b"1")])
+    assert _names(tmp_path) == {"d"}
+
+
+def test_a_set_halt_flag_stops_unsynced_writes_and_the_bulk_sync(tmp_path: Path) -> None:
+    """After a fatal error elsewhere neither a file nor a syncfs is attempted: ECANCELED."""
+    halted = threading.Event()
+    halted.set()
+    with pytest.raises(OSError) as info:
+        fsio.write_many_unsynced([(tmp_path / "x", b"1")], halted=halted)
+    assert info.value.errno == errno.ECANCELED
+    with pytest.raises(OSError):
+        fsio.sync_bulk(tmp_path, halted)
+    assert _names(tmp_path) == set()
+
+
+def test_sync_bulk_calls_the_real_syncfs(tmp_path: Path) -> None:
+    """syncfs(2) through ctypes succeeds on a healthy filesystem."""
+    (tmp_path / "x").write_bytes(b"1")
+    fsio.sync_bulk(tmp_path)
+
+
 # -- ProjectionWriter ------------------------------------------------------------
 
 
 async def test_concurrent_writes_share_batches_and_all_become_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """40 runs writing at once: every file lands, in fewer directory fsyncs than runs."""
-    seam = Seam()
+    """40 runs writing at once: every file lands, no file is fsynced on its own, and the
+    runs share fewer syncfs calls than there are runs."""
+    seam, bulk = Seam(), Seam()
     monkeypatch.setattr(fsio, "fsync", seam)
+    monkeypatch.setattr(fsio, "syncfs", bulk)
     writer = ProjectionWriter()
     await asyncio.gather(
         *(writer.write([(tmp_path / f"m{i}", b"m"), (tmp_path / f"e{i}", b"e")]) for i in range(40))
     )
     assert len(_names(tmp_path)) == 80
-    assert seam.kinds.count("file") == 80
-    assert seam.kinds.count("dir") < 40
+    assert seam.kinds == []
+    assert 1 <= len(bulk.kinds) < 40
 
 
 async def test_a_failed_batch_fails_its_callers_and_every_later_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """EIO in a batch: DurabilityError for its callers and for any write after it."""
-    monkeypatch.setattr(fsio, "fsync", Seam(fail_at=1))
+    """EIO at a batch's syncfs: DurabilityError for its callers and for any write after it;
+    the sync is never tried again."""
+    bulk = Seam(fail_at=1)
+    monkeypatch.setattr(fsio, "syncfs", bulk)
     writer = ProjectionWriter()
     results = await asyncio.gather(
         *(writer.write([(tmp_path / f"m{i}", b"m")]) for i in range(5)), return_exceptions=True
     )
     assert all(isinstance(r, DurabilityError) for r in results), results
-    monkeypatch.undo()
     with pytest.raises(DurabilityError):
         await writer.write([(tmp_path / "later", b"x")])
     assert not (tmp_path / "later").exists()
+    assert len(bulk.kinds) == 1
 
 
 async def test_halt_fails_queued_and_later_writes(tmp_path: Path) -> None:
@@ -125,39 +172,65 @@ async def test_halt_fails_queued_and_later_writes(tmp_path: Path) -> None:
     assert _names(tmp_path) == {"before"}
 
 
-async def test_a_failed_append_log_fsync_stops_a_batch_already_in_its_thread(
+async def test_a_failed_append_log_fsync_stops_the_next_projection_batch_in_its_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A ledger fsync fails while a projection batch is inside its first fsync: the shared
-    fail-stop flag, set in the ledger's thread, stops the batch before its next fsync,
-    with no halt() from the event loop."""
+    """A ledger fsync fails in its own thread: the shared fail-stop flag stops the next
+    projection batch before its first file, with no halt() from the event loop."""
     fail_stop = threading.Event()
     log = AppendLog.open(tmp_path / "ledger.jsonl", fail_stop=fail_stop)
     writer = ProjectionWriter(fail_stop)
     out = tmp_path / "events"
     out.mkdir()
-    entered, release = threading.Event(), threading.Event()
-    projection_fsyncs: list[str] = []
 
     def seam(fd: int) -> None:
-        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-        if name == "ledger.jsonl":
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        projection_fsyncs.append(name)
-        if len(projection_fsyncs) == 1:
-            entered.set()
-            assert release.wait(10), "never released"
-        os.fsync(fd)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(fsio, "fsync", seam)
-    batch = asyncio.ensure_future(writer.write([(out / f"f{i}", b"x") for i in range(4)]))
-    await asyncio.to_thread(entered.wait, 10)  # the batch is inside its first fsync
     with pytest.raises(DurabilityError):
-        await log.append({"n": 1})  # the ledger's fsync fails in its own thread
+        await log.append({"n": 1})
     assert fail_stop.is_set()
-    release.set()
-    with pytest.raises(DurabilityError):
-        await batch
-    assert len(projection_fsyncs) == 1
-    assert sorted(p.name for p in out.iterdir() if not fsio.is_temp_name(p.name)) == []
+    with pytest.raises(DurabilityError) as info:
+        await writer.write([(out / f"f{i}", b"x") for i in range(4)])
+    assert "halted" in str(info.value) or info.value.errno == errno.ECANCELED
+    assert _names(out) == set()
     await log.aclose()
+
+
+# -- the watermark -------------------------------------------------------------------
+
+
+async def test_the_watermark_stays_behind_an_open_debt_and_reaches_the_end_at_close(
+    tmp_path: Path,
+) -> None:
+    """A projection owed and not yet written holds the watermark at the ledger end it was
+    owed at; once paid and closed cleanly, the watermark is the ledger's end."""
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_bytes(b"x" * 99 + b"\n")
+    end = [100]
+    writer = ProjectionWriter(ledger=ledger, ledger_end=lambda: end[0])
+    owed = writer.owe()  # a run about to record its DONE line at offset 100
+    end[0] = 200
+    await writer.write([(tmp_path / "other", b"x")])  # another run's batch
+    await writer.write([(tmp_path / "third", b"x")])  # the watermark of the first is written
+    assert watermark.read(ledger) == 100
+    end[0] = 300
+    await writer.write([(tmp_path / "done", b"x")], debt=owed)
+    await writer.aclose()
+    assert watermark.read(ledger) == 300
+
+
+def test_a_torn_empty_or_foreign_watermark_reads_as_zero(tmp_path: Path) -> None:
+    """Anything but a whole watermark of this very ledger (its inode) means: read it all."""
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_bytes(b"{}\n")
+    mark = watermark.path_for(ledger)
+    inode = ledger.stat().st_ino
+    whole = watermark.encode(3, inode)
+    mark.write_bytes(whole)
+    assert watermark.read(ledger) == 3
+    for spoilt in (b"", whole[:9], watermark.encode(3, inode + 1), b"[]"):
+        mark.write_bytes(spoilt)
+        assert watermark.read(ledger) == 0, spoilt
+    mark.unlink()
+    assert watermark.read(ledger) == 0
