@@ -1,7 +1,8 @@
 """The daemon: start-up, main loop, reload and shutdown over the stages ``runtime`` wires.
 
-Start-up follows docs/operations.md in order: config, key, lock, ledger
-recovery, watches, READY=1, then the reconcile scan (the watch is armed
+Start-up follows docs/operations.md in order: config, key, the drop to the
+spool's owner (ownership.py), lock, ledger recovery, watches, projection
+repair, READY=1, then the reconcile scan (the watch is armed
 first, so nothing written during the scan is missed; dedupe absorbs the
 overlap). Every pipeline run goes through one bounded queue and a fixed
 pool of ``RUNS_IN_FLIGHT`` workers (their sink calls bounded by
@@ -51,6 +52,7 @@ from anu_watchd.secret import SealedKey, load_key
 from anu_watchd.settling import Settling
 from anu_watchd.sinks import Sink, rebuild_sink
 from anu_watchd.spool import is_enabled
+from anu_watchd.stages import Stages, close_when_idle
 from anu_watchd.status import failed_now
 
 _log = structlog.get_logger("anu_watchd.daemon")
@@ -159,6 +161,10 @@ class Daemon:
                 await self.startup()
                 return await self.main_loop()
         except DurabilityError as exc:
+            denied = ownership.permission_error(exc)
+            if denied is not None:  # a state file this user may not open: 77, as for commands
+                _log.critical("permission_denied", error=ownership.denied(denied))
+                return ExitCode.NOPERM
             _log.critical("durability_failure", error=str(exc))
             return ExitCode.SOFTWARE
         finally:
@@ -489,14 +495,14 @@ class Daemon:
                 "key_file_changed", note="the key is read at start only; restart to use it"
             )
 
-    async def _apply(self, new: Config, fresh: Sink | None) -> None:
+    async def _apply(self, new: Config, fresh: Sink) -> None:
         stages = self.pipeline.stages
         old = stages.config
         # One swap: from here on every reader of the config (self.config too) sees ``new``.
         self.pipeline.stages = rebuilt(stages, new, self.key, fresh)
         sink = self.pipeline.stages.sink
         if sink is not stages.sink:
-            await stages.sink.aclose()
+            self._spawn(self._retire(stages), "retire-sink")
         logs.reconfigure_level(new.log.level)
         await asyncio.to_thread(self.exporter.apply, new.metrics)
         rearm = (new.spool.events_dir, new.spool.enable_flag, new.spool.result_glob) != (
@@ -513,6 +519,13 @@ class Daemon:
             activated=new.wake.activated,
         )
         self.request_rescan("reload")
+
+    async def _retire(self, old: Stages) -> None:
+        """Close a replaced sink once every run that started under it has ended."""
+        try:
+            await close_when_idle(old.users, old.sink)
+        except Exception as exc:  # a sink that fails to close must not stop the daemon
+            _log.warning("sink_close_failed", error=str(exc))
 
     def _rearm(self, new: Config) -> None:
         ensure_dirs(new)
@@ -555,7 +568,7 @@ class Daemon:
         activated = "activated" if config.wake.activated else "not activated"
         waiting = self._queue.qsize()
         return (
-            f"{enabled}, {activated}; pending={waiting} in_flight={len(self._queued) - waiting} "
+            f"{enabled}, {activated}; pending={waiting} in_flight={self.metrics.runs_in_flight} "
             f"failed={self.failed_now}; since start: "
             f"woken={c['WAKE_BUILT']} quarantined={c['QUARANTINE']} "
             f"failed={c['FIRE_FAILED']} not_activated={c['FIRE_NOT_ACTIVATED']} "

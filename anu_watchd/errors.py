@@ -25,7 +25,8 @@ these are for the exceptional::
     ├── WakeFailed             retries exhausted or permanent: FIRE_FAILED (wraps a WakeError)
     ├── EnvelopeError          an envelope is contradictory or cannot fit: FIRE_FAILED
     ├── UsageError             the command line is wrong; exit 64
-    └── NoInputError           a file the command was given does not exist; exit 66
+    ├── NoInputError           a file the command was given does not exist; exit 66
+    └── NotOwnerError          this user must not write the spool's state; exit 77
 
 Error messages never carry the sealed key or a result's content. Every
 process exit code is an ``ExitCode`` (sysexits), defined here and nowhere else.

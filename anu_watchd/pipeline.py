@@ -151,10 +151,11 @@ class Pipeline:
         if _name_holds_key(path.name, st.rules.key):
             return await self._reject_key_in_name(path)
         task_id = task_id_from_name(path.name)
-        async with st.task_locks.hold(task_id or path.name):
-            if task_id is None:
-                return await self._reject_name(path)
-            return await self._run(path, task_id, scan=scan, settle=settle)
+        with st.users.hold():  # a reload retires this stages' sink only after its runs
+            async with st.task_locks.hold(task_id or path.name):
+                if task_id is None:
+                    return await self._reject_name(path)
+                return await self._run(path, task_id, scan=scan, settle=settle)
 
     # -- read -> validate -> decide -> act ----------------------------------------
 

@@ -25,7 +25,7 @@ from anu_watchd.pipeline import Pipeline
 from anu_watchd.projections import ProjectionWriter
 from anu_watchd.secret import SealedKey
 from anu_watchd.sinks import Sink, build_sink
-from anu_watchd.stages import Stages
+from anu_watchd.stages import Stages, Users
 from anu_watchd.validate import Rules
 
 # Pipeline runs in flight at once (daemon workers, a scan's fan-out). Sink calls are bounded
@@ -101,15 +101,11 @@ async def open_pipeline(
         raise DurabilityError("a state write failed after its run was cancelled (logged above)")
 
 
-def rebuilt(
-    stages: Stages, new: Config, key: SealedKey | None, sink: Sink | None = None
-) -> Stages:
+def rebuilt(stages: Stages, new: Config, key: SealedKey | None, sink: Sink) -> Stages:
     """The stages for a reloaded config: the same durable writers and task locks.
 
-    ``sink`` is the new sink when ``[wake]`` changed (the caller builds it before the
-    swap, so a sink that cannot be built refuses the reload); None keeps the running
-    one. The caller closes the old sink once the new stages are in place.
+    ``sink`` comes from ``sinks.rebuild_sink`` (the running one when it still fits),
+    built by the caller before the swap so that a sink that cannot be built refuses
+    the reload. The caller retires the old sink once the new stages are in place.
     """
-    if sink is None:
-        sink = build_sink(new, key) if new.wake != stages.config.wake else stages.sink
-    return attrs.evolve(stages, config=new, sink=sink, rules=rules_for(new, key))
+    return attrs.evolve(stages, config=new, sink=sink, rules=rules_for(new, key), users=Users())

@@ -10,7 +10,8 @@ across a reload.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,36 @@ from anu_watchd.model import utc_now
 from anu_watchd.projections import ProjectionWriter
 from anu_watchd.sinks.base import Sink, Sleep
 from anu_watchd.validate import Rules
+
+
+class Users:
+    """How many runs started under one ``Stages``: a reload closes a replaced sink only
+    once none is left, never under a run that is still calling it."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        self._count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if not self._count:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+async def close_when_idle(users: Users, sink: Sink) -> None:
+    """Close ``sink`` once no run holds ``users``: a sink a reload replaced outlives its runs."""
+    await users.idle()
+    await sink.aclose()
 
 
 class TaskLocks:
@@ -61,6 +92,7 @@ class Stages:
     sleep: Sleep = asyncio.sleep
     projections: ProjectionWriter = attrs.field(factory=ProjectionWriter)
     task_locks: TaskLocks = attrs.field(factory=TaskLocks)
+    users: Users = attrs.field(factory=Users)  # fresh for every reload's stages (runtime.rebuilt)
     metrics: Metrics = attrs.field(factory=Metrics)
 
     def halt(self, exc: BaseException) -> None:

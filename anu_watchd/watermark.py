@@ -31,7 +31,7 @@ def decode(data: bytes, ledger_inode: int) -> int:
     """The offset, or 0 unless ``data`` is a well-formed watermark of this very ledger."""
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # a planted nesting bomb is no watermark either
         return 0
     if not isinstance(doc, dict) or doc.get("ledger_inode") != ledger_inode:
         return 0

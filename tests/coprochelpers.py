@@ -90,6 +90,14 @@ for line in sys.stdin:
         secret = Path(os.environ["ANU_WATCHD_KEY_FILE"]).read_text().strip()
         print("bad key: " + secret, file=sys.stderr)
         sys.exit(3)
+    elif m == "leak-key-cut":  # the key straddles the 500-character cut of an error answer
+        secret = Path(os.environ["ANU_WATCHD_KEY_FILE"]).read_text().strip()
+        error = "p" * (500 - len(secret) // 2) + secret
+        say({"idempotency_key": key, "error": error, "transient": False})
+    elif m == "leak-key-cut-crash":  # ... and of the stderr tail quoted for a crash
+        secret = Path(os.environ["ANU_WATCHD_KEY_FILE"]).read_text().strip()
+        print(secret + "s" * (500 - len(secret) // 2), file=sys.stderr)
+        sys.exit(3)
     elif m == "hang":
         while True:
             time.sleep(60)

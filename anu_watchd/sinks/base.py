@@ -9,6 +9,8 @@ backoff with jitter, transient errors only. There is no infinite retry.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -90,6 +92,14 @@ class RedactedSink:
         exc.args = (redact_text(str(exc), self._key),)
         exc.__cause__ = exc.__context__ = None
         return exc
+
+
+def signature(key: bytes, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256(key, body)>``: the http and nats sinks' signature header.
+
+    Here, not in either sink, so that the nats sink does not load aiohttp.
+    """
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def innermost(sink: Sink) -> Sink:

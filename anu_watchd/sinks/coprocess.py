@@ -40,11 +40,11 @@ import attrs
 import structlog
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError
-from anu_watchd.secret import redact_text
+from anu_watchd.secret import redact_cut, redact_text
 from anu_watchd.sinks import coproto
 from anu_watchd.sinks.coproto import Admit, Answer, Malformed, Restarts
-from anu_watchd.sinks.exec import CHILD_PATH
 from anu_watchd.sinks.linechild import ChildGone, LineChild
+from anu_watchd.sinks.spawn import clean_env
 from anu_watchd.slots import Slots
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class CoprocessSink:
         self._timeout_s = timeout_s
         self._key = key
         self._clock = clock
-        self._env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8"}
+        self._env = clean_env()
         if key_file is not None:
             self._env["ANU_WATCHD_KEY_FILE"] = str(key_file)
         self._slots = Slots(concurrency)
@@ -140,8 +140,10 @@ class CoprocessSink:
             finally:
                 self._busy -= 1
         if answer.error is not None:
-            # The handler's own words may quote the key: never pass them on unredacted.
-            raise type(answer.error)(redact_text(str(answer.error), self._key))
+            # The handler's own words may quote the key, and were cut to a bounded length:
+            # redact them and the cut edge, so no part of a key split by the cut survives.
+            text = redact_cut(str(answer.error), self._key, head=False, tail=True)
+            raise type(answer.error)(text)
         return answer
 
     async def _take_idle(self) -> _Handler | None:
@@ -193,7 +195,7 @@ class CoprocessSink:
         if ended:  # it ended on its own: how is worth saying (else the kill was ours)
             error += f"; it {_describe_exit(returncode)}"
         stderr = handler.child.stderr_tail().decode("utf-8", "replace")
-        error = redact_text(_with_stderr(error, stderr), self._key)
+        error = _with_stderr(redact_text(error, self._key), stderr, self._key)
         self._restarts = coproto.ended(
             self._restarts, answered=handler.answered, now=self._clock(), error=error
         )
@@ -235,9 +237,15 @@ def _describe_exit(returncode: int) -> str:
         return f"was killed by signal {-returncode}"
 
 
-def _with_stderr(error: str, stderr: str) -> str:
-    """``error`` plus the last lines of the handler's stderr, bounded."""
+def _with_stderr(error: str, stderr: str, key: SealedKey | None) -> str:
+    """``error`` plus the last lines of the handler's stderr, bounded and redacted.
+
+    Redacted before the cut and again at the cut edge: a key the cut splits
+    leaves no suffix of itself behind (``secret.redact_cut``).
+    """
     lines = stderr.strip().splitlines()
     if not lines:
         return error
-    return f"{error}: {' | '.join(lines[-5:])[-coproto.QUOTE_CHARS :]}"
+    quoted = redact_text(" | ".join(lines[-5:]), key)
+    cut = quoted[-coproto.QUOTE_CHARS :]
+    return f"{error}: {redact_cut(cut, key, head=len(cut) < len(quoted), tail=False)}"

@@ -30,8 +30,6 @@ scrubbed of the key and the signature; never the URL, which may hold a token.
 from __future__ import annotations
 
 import email.utils
-import hashlib
-import hmac
 import json
 import time
 from typing import TYPE_CHECKING
@@ -39,6 +37,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError
+from anu_watchd.sinks.base import signature
 
 if TYPE_CHECKING:
     from anu_watchd.secret import SealedKey
@@ -46,11 +45,6 @@ if TYPE_CHECKING:
 MAX_ID_CHARS = 200
 _BODY_LIMIT = 64 * 1024
 _BODY_QUOTE_CHARS = 200
-
-
-def signature(key: bytes, body: bytes) -> str:
-    """The ``X-Anu-Signature`` header value for ``body``."""
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 class HttpSink:

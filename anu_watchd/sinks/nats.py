@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
-from anu_watchd.sinks.http import signature
+from anu_watchd.sinks.base import signature
 from anu_watchd.sinks.natserrors import ERR_MAX_MSGS_PER_SUBJECT, classify, refused
 from anu_watchd.sinks.natsstream import (
     StreamFacts,

@@ -123,3 +123,28 @@ def test_status_into_a_closed_pipe_exits_0_quietly(tmp_path: Path) -> None:
         os.close(write_end)
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
+
+
+
+async def test_a_ledger_the_service_user_may_not_open_stops_run_with_77_not_70(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state file the daemon's user may not open (EACCES, injected at fsio.open_state: the
+    tests run as root) ends `run` with exit 77, which systemd does not restart, not 70."""
+    import errno
+
+    from anu_watchd import fsio
+    from anu_watchd.daemon import Daemon
+    from anu_watchd.errors import StatePathError
+
+    real = fsio.open_state
+    ledger = spool.events / "callback_4tuple_index.jsonl"
+
+    def denied(path: Path, flags: int, mode: int = 0o644, *, op: str = "open") -> int:
+        if Path(path) == ledger:
+            cause = PermissionError(errno.EACCES, "Permission denied", str(path))
+            raise StatePathError(path, op, "Permission denied") from cause
+        return real(path, flags, mode, op=op)
+
+    monkeypatch.setattr(fsio, "open_state", denied)
+    assert await Daemon(spool.config, environ={}).serve() == 77

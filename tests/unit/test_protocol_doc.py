@@ -66,7 +66,7 @@ def test_envelope_examples_are_judged_as_the_page_says(label: str, body: str) ->
 
 def test_the_signature_sample_verifies_what_the_http_sink_signs(tmp_path: Path) -> None:
     """The page's Python sample accepts the sink's signature and refuses any other."""
-    from anu_watchd.sinks.http import signature
+    from anu_watchd.sinks.base import signature
 
     sample = re.search(r"```python\n(.*?)```", DOC, re.DOTALL)
     assert sample is not None

@@ -258,6 +258,20 @@ async def test_the_key_in_a_handlers_answer_or_stderr_is_redacted(
     assert "[REDACTED]" in str(raised.value)
 
 
+@pytest.mark.parametrize("mode", ["leak-key-cut", "leak-key-cut-crash"])
+async def test_a_key_split_by_the_quote_cut_leaves_no_part_of_itself(
+    make: Callable[..., CoprocessSink], key: SealedKey, mode: str
+) -> None:
+    """An error answer or a stderr tail cut to 500 characters in the middle of the key: no
+    prefix or suffix of the key (8 characters or more) survives in the error."""
+    sink = make(mode)
+    with pytest.raises((PermanentWakeError, TransientWakeError)) as raised:
+        await sink.register(ENVELOPE, idempotency_key="ik1-a")
+    text = str(raised.value)
+    pieces = {key.value[i : i + 8] for i in range(len(key.value) - 7)}
+    assert not [p for p in pieces if p in text], text[-80:]
+
+
 async def test_a_handler_that_cannot_be_run_is_permanent(
     make: Callable[..., CoprocessSink], tmp_path: Path
 ) -> None:
