@@ -92,7 +92,9 @@ for line in sys.stdin:
         sys.exit(3)
     elif m == "leak-key-cut":  # the key straddles the 500-character cut of an error answer
         secret = Path(os.environ["ANU_WATCHD_KEY_FILE"]).read_text().strip()
-        error = "p" * (500 - len(secret) // 2) + secret
+        # The sink quotes "<argv[0]> answered: <error>" up to 600 characters.
+        prefix = len(sys.executable) + len(" answered: ")
+        error = "p" * (600 - prefix - len(secret) // 2) + secret
         say({"idempotency_key": key, "error": error, "transient": False})
     elif m == "leak-key-cut-crash":  # ... and of the stderr tail quoted for a crash
         secret = Path(os.environ["ANU_WATCHD_KEY_FILE"]).read_text().strip()

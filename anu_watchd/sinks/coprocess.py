@@ -140,10 +140,9 @@ class CoprocessSink:
             finally:
                 self._busy -= 1
         if answer.error is not None:
-            # The handler's own words may quote the key, and were cut to a bounded length:
-            # redact them and the cut edge, so no part of a key split by the cut survives.
-            text = redact_cut(str(answer.error), self._key, head=False, tail=True)
-            raise type(answer.error)(text)
+            # The handler's own words may quote the key: redact them, then cut them to a
+            # bounded length, then redact the cut edge, so no part of a split key survives.
+            raise type(answer.error)(_quoted(str(answer.error), self._key))
         return answer
 
     async def _take_idle(self) -> _Handler | None:
@@ -235,6 +234,16 @@ def _describe_exit(returncode: int) -> str:
         return f"was killed by {signal.Signals(-returncode).name}"
     except ValueError:
         return f"was killed by signal {-returncode}"
+
+
+def _quoted(text: str, key: SealedKey | None) -> str:
+    """``text`` redacted, then cut to ``coproto.QUOTE_CHARS`` (plus the program's name) with
+    its cut edge redacted too (``secret.redact_cut``); an uncut text keeps every character."""
+    text = redact_text(text, key)
+    limit = coproto.QUOTE_CHARS + 100
+    if len(text) <= limit:
+        return text
+    return redact_cut(text[:limit], key, head=False, tail=True)
 
 
 def _with_stderr(error: str, stderr: str, key: SealedKey | None) -> str:

@@ -79,7 +79,8 @@ def _error(doc: dict[str, Any], program: str) -> WakeError:
     if not isinstance(transient, bool):
         raise Malformed('its error answer has no boolean "transient"')
     kind = TransientWakeError if transient else PermanentWakeError
-    return kind(f"{program} answered: {str(doc['error'])[:QUOTE_CHARS]}")
+    # Whole: the sink redacts the key before it cuts the text to QUOTE_CHARS (coprocess.py).
+    return kind(f"{program} answered: {doc['error']}")
 
 
 def _schedule_id(found: object, program: str) -> Answer:
