@@ -406,7 +406,7 @@ def _read_input_once(path: Path, max_bytes: int) -> InputFile | None:
         if _replaced(lst, st):
             return None
         _check_opened(st, max_bytes)
-        data = _read_at_most(fd, max_bytes + 1)
+        data = _read_at_most(fd, max_bytes + 1, st.st_size)
     finally:
         os.close(fd)
     if len(data) > max_bytes:
@@ -437,10 +437,11 @@ def read_state(path: Path, max_bytes: int, *, follow: bool = False) -> bytes:
     """
     fd = os.open(path, _READ_FLAGS & ~os.O_NOFOLLOW if follow else _READ_FLAGS)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, f"not a regular file: {describe_mode(mode)}", str(path))
-        return _read_at_most(fd, max_bytes)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = describe_mode(st.st_mode)
+            raise OSError(errno.EINVAL, f"not a regular file: {kind}", str(path))
+        return _read_at_most(fd, max_bytes, st.st_size)
     finally:
         os.close(fd)
 
@@ -469,15 +470,24 @@ def _check_opened(st: os.stat_result, max_bytes: int) -> None:
         raise UnsafeInputError(QuarantineReason.OVERSIZE, detail, identity(st))
 
 
-def _read_at_most(fd: int, limit: int) -> bytes:
+def _read_at_most(fd: int, limit: int, size: int = -1) -> bytes:
+    """Up to ``limit`` bytes of an opened file; ``size`` is what its fstat said, if known."""
     chunks: list[bytes] = []
     left = limit
+    got = 0
     while left > 0:
         chunk = os.read(fd, left)
         if not chunk:
             break
         chunks.append(chunk)
+        got += len(chunk)
         left -= len(chunk)
+        # A short read that ends where the fstat said the file ends is the end: no second
+        # read() to see b"" (two system calls a run, the input's and the enable flag's,
+        # ~17 us each on a busy host: bench/PROFILE.md section 8). A file that grew, or a
+        # /proc-like one whose size says nothing, is read on until b"" as before.
+        if got == size and left > 0:
+            break
     return b"".join(chunks)
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import random
 import stat
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,9 @@ class _Run:
 
     def __init__(self, st: Stages, path: Path, task_id: str | None) -> None:
         self.st = st
-        self.run_id = uuid.uuid4().hex[:16]
+        # 64 random bits, as uuid4().hex[:16] gave, without its getrandom() call a run: a
+        # run id only tells runs apart in the logs, it guards nothing.
+        self.run_id = f"{random.getrandbits(64):016x}"
         self.t0 = time.perf_counter()
         self.path = str(path)
         self.task_id = task_id
@@ -255,7 +257,7 @@ class Pipeline:
         sha = run.sha256 or ""
         four = FourTuple(result.task_id, sha, st.config.spool.collector)
         run.keyed(four.idempotency_key)
-        await self._clear_way(run, files)
+        acked = await self._clear_way(run, files)
         prior = st.ledger.get(four.idempotency_key)
         decision = decide.decide(prior, activated=st.config.wake.activated)
         if isinstance(decision, Skip):
@@ -269,7 +271,7 @@ class Pipeline:
         env = self._envelope(run, files, result)
         if isinstance(decision, NotActivated):
             return await self._not_activated(run, env, decision)
-        return await self._fire(run, files, four, decision, env, stamp)
+        return await self._fire(run, files, four, decision, env, stamp, acked)
 
     async def _fire(
         self,
@@ -279,10 +281,11 @@ class Pipeline:
         fire: Fire,
         env: dict[str, Any],
         stamp: FileStamp,
+        acked: bool,
     ) -> Outcome:
-        if fire.new_wake and files.acked.exists():
+        if fire.new_wake and acked:
             # A new wake of this task (new bytes): an ack already here answered an earlier one.
-            # Checked inline (one lstat): a thread hop on every wake's latency path costs more.
+            # Known from _clear_way's lstat: a thread hop on every wake's latency path costs more.
             await durable(fsio.remove_durably, files.acked)
         claimed = _entry(four, LedgerState.CLAIMED, fire.attempt, run.now())
         await run.st.ledger.record(claimed)
@@ -296,18 +299,25 @@ class Pipeline:
             return await self._fire_failed(run, files, terminal, env, stamp, error, attempts)
         return await self._wake_built(run, files, terminal, env, stamp, attempts)
 
-    async def _clear_way(self, run: _Run, files: TaskFiles) -> None:
+    async def _clear_way(self, run: _Run, files: TaskFiles) -> bool:
         """Quarantine a directory planted where this task's markers or envelope go.
 
         We never make one there, and a rename or unlink onto a directory fails (EISDIR):
         left in place it would stop the daemon at every start. Other kinds of file are
         simply replaced by the rename. Four lstats a wake, on the loop: ~2 us each.
+        Returns whether an ack is at ``files.acked`` (what ``Path.exists`` says), so that
+        ``_fire`` needs no fifth system call to ask.
         """
+        acked = False
         for path in (files.done, files.failed, files.envelope, files.acked):
             try:
-                if not stat.S_ISDIR(os.lstat(path).st_mode):
-                    continue
+                mode = os.lstat(path).st_mode
             except OSError:
+                continue
+            if not stat.S_ISDIR(mode):
+                if path is files.acked:
+                    # A symlink counts as an ack only if its target is there, as exists() says.
+                    acked = not stat.S_ISLNK(mode) or path.exists()
                 continue
             dest = await durable(
                 quarantine.quarantine,
@@ -320,6 +330,7 @@ class Pipeline:
             run.log.warning(
                 "state_path_quarantined", state_path=path.name, quarantined_as=dest.name
             )
+        return acked
 
     async def _wake(
         self, run: _Run, claimed: LedgerEntry, body: bytes
