@@ -169,53 +169,6 @@ def atomic_write(path: Path, data: bytes | bytearray, *, mode: int = 0o644) -> N
     _sync_dir_after(path.parent, repr(path.name))
 
 
-def atomic_write_many(
-    writes: Sequence[tuple[Path, bytes]],
-    *,
-    remove: Sequence[Path] = (),
-    halted: threading.Event | None = None,
-) -> None:
-    """Several atomic writes (then removals) made durable together: a group commit.
-
-    Each file still goes tmp -> write -> fsync(file) -> rename; the renames
-    happen in the order given, after every file is durable, and every
-    directory touched is fsynced once, after the last rename or unlink in it
-    (a directory fsync is a journal commit: about half of what a durable small
-    file costs). A failure before the first rename leaves no trace; one after
-    it may leave earlier files renamed, not yet durable: callers treat any
-    failure as fatal. ``halted`` (set by another thread after a fatal error
-    elsewhere) stops the batch before its next fsync or rename.
-    """
-    temps: list[tuple[Path, Path, int]] = []
-    current = writes[0][0] if writes else Path()
-    try:
-        for current, data in writes:
-            tmp = current.parent / temp_name(current.name)
-            fd = os.open(tmp, _WRITE_FLAGS, 0o644)
-            temps.append((tmp, current, fd))
-            _write_all(fd, data)
-        for i, (tmp, current, fd) in enumerate(temps):
-            check_halted(halted)
-            fsync(fd)
-            os.close(fd)
-            temps[i] = (tmp, current, -1)
-        for tmp, current, _ in temps:
-            check_halted(halted)
-            os.rename(tmp, current)
-    except OSError as exc:
-        _abandon(temps)
-        raise _not_written(current, exc, "not written") from exc
-    except BaseException:
-        _abandon(temps)
-        raise
-    for path in remove:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    dirs = dict.fromkeys([p.parent for p, _ in writes] + [p.parent for p in remove])
-    for directory in dirs:
-        _sync_dir_after(directory, f"{len(writes)} writes and {len(remove)} removals")
-
-
 def write_many_unsynced(
     writes: Sequence[tuple[Path, bytes]],
     *,
@@ -268,14 +221,6 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         if n <= 0:  # cannot happen on a regular file, but never spin on it
             raise OSError(errno.EIO, "write made no progress")
         view = view[n:]
-
-
-def _abandon(temps: list[tuple[Path, Path, int]]) -> None:
-    for tmp, _, fd in temps:
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        _discard(tmp)
 
 
 def _fill(fd: int, data: bytes | bytearray) -> None:

@@ -94,6 +94,11 @@ class RedactedSink:
         return exc
 
 
+# The longest schedule id any sink accepts from outside: it goes into every marker,
+# envelope and evidence line, so a runaway answer is a permanent error, not a file.
+MAX_ID_CHARS = 200
+
+
 def signature(key: bytes, body: bytes) -> str:
     """``sha256=<hex HMAC-SHA256(key, body)>``: the http and nats sinks' signature header.
 

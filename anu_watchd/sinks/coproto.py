@@ -29,8 +29,8 @@ from typing import Any
 import attrs
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
+from anu_watchd.sinks.base import MAX_ID_CHARS
 
-MAX_ID_CHARS = 200
 QUOTE_CHARS = 500
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError, WakeError
 from anu_watchd.secret import redact_cut
+from anu_watchd.sinks.base import MAX_ID_CHARS
 from anu_watchd.sinks.spawn import CHILD_PATH as CHILD_PATH  # its home is spawn
 from anu_watchd.sinks.spawn import Child, Finished, clean_env
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from anu_watchd.secret import SealedKey
 
 EX_TEMPFAIL = 75
-MAX_ID_CHARS = 200
 _OUTPUT_LIMIT = 64 * 1024  # kept of each of stdout and stderr; the rest is drained
 _STDERR_QUOTE_CHARS = 500
 

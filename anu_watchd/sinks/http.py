@@ -37,12 +37,11 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from anu_watchd.errors import PermanentWakeError, TransientWakeError
-from anu_watchd.sinks.base import signature
+from anu_watchd.sinks.base import MAX_ID_CHARS, signature
 
 if TYPE_CHECKING:
     from anu_watchd.secret import SealedKey
 
-MAX_ID_CHARS = 200
 _BODY_LIMIT = 64 * 1024
 _BODY_QUOTE_CHARS = 200
 

@@ -1,4 +1,4 @@
-"""Group commit of projection files: fsio.atomic_write_many and ProjectionWriter.
+"""Projection files: fsio.write_many_unsynced, sync_bulk and ProjectionWriter.
 
 Real files in tmp_path; faults only at the ``anu_watchd.fsio.fsync`` and ``syncfs`` seams.
 """
@@ -38,47 +38,6 @@ class Seam:
 
 def _names(d: Path) -> set[str]:
     return {p.name for p in d.iterdir()}
-
-
-# -- atomic_write_many ------------------------------------------------------------
-
-
-def test_many_writes_in_two_directories_fsync_each_file_and_each_directory_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every file is fsynced, each touched directory exactly once, after the renames."""
-    seam = Seam()
-    monkeypatch.setattr(fsio, "fsync", seam)
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    (a / "stale").write_bytes(b"old")
-    writes = [(a / "x", b"1"), (b / "y", b"2"), (a / "z", b"3")]
-    fsio.atomic_write_many(writes, remove=[a / "stale", b / "never-was"])
-    assert [p.read_bytes() for p, _ in writes] == [b"1", b"2", b"3"]
-    assert _names(a) == {"x", "z"} and _names(b) == {"y"}
-    assert seam.kinds == ["file"] * 3 + ["dir"] * 2
-
-
-def test_a_failed_file_fsync_leaves_no_trace_and_the_old_content(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """EIO at the second file's fsync: nothing renamed, no temp left, NotWrittenError."""
-    monkeypatch.setattr(fsio, "fsync", Seam(fail_at=2))
-    (tmp_path / "x").write_bytes(b"old")
-    with pytest.raises(NotWrittenError):
-        fsio.atomic_write_many([(tmp_path / "x", b"new"), (tmp_path / "y", b"2")])
-    assert _names(tmp_path) == {"x"}
-    assert (tmp_path / "x").read_bytes() == b"old"
-
-
-def test_a_halted_batch_stops_before_its_next_fsync_and_leaves_no_trace(tmp_path: Path) -> None:
-    """A set halt flag stops the batch: ECANCELED, nothing renamed, no temp left."""
-    halted = threading.Event()
-    halted.set()
-    with pytest.raises(NotWrittenError) as info:
-        fsio.atomic_write_many([(tmp_path / "x", b"1")], halted=halted)
-    assert info.value.errno == errno.ECANCELED
-    assert _names(tmp_path) == set()
 
 
 # -- write_many_unsynced and sync_bulk -----------------------------------------------
