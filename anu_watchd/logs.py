@@ -7,8 +7,11 @@ for a terminal with ``format = "console"``. The processor chain, in order::
     -> StackInfoRenderer -> exceptions rendered (no local variables)
     -> redaction of the sealed key -> JSONRenderer | ConsoleRenderer
 
-Redaction comes last before rendering, after the traceback has become data,
-so a key inside an exception message is caught too. Tracebacks never carry
+Redaction comes after the traceback has become data, so a key inside an
+exception message is caught too. For JSON the line is rendered first and
+searched for the key, and walked and rendered again only when it holds it
+(``secret.redacting_renderer``: a key no escaper changes, as generated ones
+are, cannot hide from that search). Tracebacks never carry
 local variables: structlog's dict tracebacks show them by default, and a
 local holding the key would leak it.
 
@@ -44,7 +47,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
 
 from anu_watchd.errors import ConfigError
-from anu_watchd.secret import SealedKey, redact_processor
+from anu_watchd.secret import SealedKey, redact_processor, redacting_renderer
 from anu_watchd.terminal import console_processor
 
 JOURNAL_ENV = "JOURNAL_STREAM"
@@ -161,13 +164,12 @@ def _prelude() -> list[Processor]:
 
 
 def _render(fmt: str, key: SealedKey | None, *, colors: bool) -> list[Processor]:
-    redact = redact_processor(key)
     if fmt == "json":
         no_locals = ExceptionDictTransformer(show_locals=False)
         return [
             structlog.processors.ExceptionRenderer(no_locals),
-            redact,
-            structlog.processors.JSONRenderer(),
+            # Rendered, then searched for the key: walked and rendered again only on a hit.
+            redacting_renderer(key, structlog.processors.JSONRenderer()),
         ]
     if fmt == "console":
         # Text tracebacks from the stdlib formatter carry no locals; rendering
@@ -175,7 +177,7 @@ def _render(fmt: str, key: SealedKey | None, *, colors: bool) -> list[Processor]
         # redactor see them.
         return [
             structlog.processors.format_exc_info,
-            redact,
+            redact_processor(key),
             console_processor,  # a hostile file name must not drive the terminal
             structlog.dev.ConsoleRenderer(colors=colors),
         ]

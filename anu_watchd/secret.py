@@ -238,6 +238,45 @@ def redact_processor(key: SealedKey | None) -> Processor:
     return redact
 
 
+Renderer = Callable[[Any, str, MutableMapping[str, Any]], Any]
+
+
+def redacting_renderer(key: SealedKey | None, render: Renderer) -> Renderer:
+    """``render`` (a renderer that leaves the event dict as it found it, as structlog's
+    ``JSONRenderer`` does) with the key redacted from what it renders.
+
+    For a key no escaper changes (printable ASCII without a backslash or a quote, as
+    ``token_urlsafe`` makes), every form of it anywhere in the event dict, nested,
+    escaped once or twice, comes out of the renderer as the key itself: so the rendered
+    line is searched once, and only a line that holds it is rendered again from the
+    walked dict (``redact_processor``). The walk costs ~0.1 ms a line; the search a
+    microsecond. Any other key is walked before every render, as before.
+    """
+    if key is None:
+        return render
+    walk = redact_processor(key)
+    if not _inert(key.value):
+
+        def walked(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
+            return render(logger, name, walk(logger, name, event_dict))
+
+        return walked
+    value = key.value
+
+    def searched(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        line = render(logger, name, event_dict)
+        if value not in line:
+            return line
+        return render(logger, name, walk(logger, name, event_dict))
+
+    return searched
+
+
+def _inert(value: str) -> bool:
+    """True when JSON, ``repr`` and ``ascii`` leave every character of ``value`` as it is."""
+    return bool(value) and all(" " <= c <= "~" and c not in "\\\"'" for c in value)
+
+
 def redact_text(text: str, key: SealedKey | None) -> str:
     """``text`` with the key, in any form an escaper gives it, replaced by ``[REDACTED]``.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from anu_watchd import envelope
@@ -322,6 +322,35 @@ def test_check_reports_any_json_value_at_any_key_and_never_raises(key: str, valu
     assert isinstance(problems, list)
     if key.endswith("_status") and not isinstance(value, str):
         assert any(key in p for p in problems)
+
+
+_STRINGS = st.sampled_from(["", "x", "\ud800", "é\udfff", "task-7", SHA, "REGISTERED", "log"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    base=st.sampled_from(["built", "registered", "sendfile_only"]),
+    changes=st.dictionaries(
+        st.sampled_from(sorted(envelope.KEYS)) | st.text(max_size=3),
+        _JSON_VALUES | _STRINGS | st.sampled_from([*R, *D, *C, *TaskStatus]),
+        max_size=3,
+    ),
+    drop=st.lists(st.sampled_from(sorted(envelope.KEYS)), max_size=2),
+)
+@example(base="built", changes={"summary": "a\ud800"}, drop=[])
+@example(base="registered", changes={"cron_schedule_id": "\udfff"}, drop=[])
+@example(base="registered", changes={"cron_schedule_id": ""}, drop=[])
+@example(base="built", changes={"result_sha256": "A" * 64}, drop=[])
+@example(base="built", changes={"task_id": "../x"}, drop=[])
+def test_the_one_pass_shape_check_agrees_with_the_named_problems(
+    base: str, changes: dict[str, Any], drop: list[str]
+) -> None:
+    """check()'s fast path accepts exactly the envelopes whose shape has no named problem."""
+    env = {"built": _built, "registered": _registered, "sendfile_only": _sendfile_only}[base]()
+    env |= changes
+    for key in drop:
+        env.pop(key, None)
+    assert envelope._well_formed(env) == (envelope._shape_problems(env) == [])
 
 
 def test_decode_refuses_a_nesting_bomb_with_a_typed_error() -> None:

@@ -105,6 +105,38 @@ def test_key_never_appears_in_json_output(key: SealedKey) -> None:
     assert len(json_lines(text)) == 2
 
 
+# A generated key (no character any escaper changes: the rendered line is searched) and
+# one that JSON, repr and ascii each escape (walked before every render).
+KEY_KINDS = {
+    "generated": lambda: secrets.token_urlsafe(32),
+    "escaped": lambda: secrets.token_hex(8) + "\"\\'\u00e9\n" + secrets.token_hex(8),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KEY_KINDS))
+def test_json_lines_hold_no_form_of_the_key(tmp_path: Path, kind: str) -> None:
+    """Escaped once or twice (in bytes, an object's repr, nested text), no form survives."""
+    value = KEY_KINDS[kind]()
+    key = SealedKey(path=tmp_path / "anu-key", value=value)
+    out = setup(key)
+    log = logs.get_logger()
+    log.info("clean", n=1, text="nothing secret")
+    log.info(
+        "dirty",
+        raw=value.encode(),
+        obj=OSError(repr(value)),
+        deep={"a": [{"b": (f"x{value}y",)}]},
+        quoted=json.dumps({"k": value}),
+    )
+    text = out.getvalue()
+    forms = {value, json.dumps(value)[1:-1], repr(value)[1:-1], ascii(value)[1:-1]}
+    forms |= {json.dumps(f)[1:-1] for f in list(forms)}
+    assert not [f for f in forms if f in text]
+    clean, dirty = json_lines(text)
+    assert (clean["event"], clean["n"], clean["text"]) == ("clean", 1, "nothing secret")
+    assert dirty["deep"] == {"a": [{"b": ["x[REDACTED]y"]}]}
+
+
 def test_json_traceback_is_redacted_and_has_no_locals(key: SealedKey) -> None:
     """An exception's message and traceback are redacted, and frames carry no local variables."""
     out = setup(key)
