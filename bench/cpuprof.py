@@ -1,6 +1,6 @@
 """Where the event loop's CPU goes per file: the pipeline in process, under cProfile.
 
-    .venv/bin/python -m bench.cpuprof --files 2000 [--top 30] [--no-profile]
+    .venv/bin/python -m bench.cpuprof --files 2000 [--top 30] [--no-profile] [--json]
 
 A fresh spool under ``--workdir`` with ``--files`` results already in place,
 the log sink, the JSON log to a file (as to journald), and every result run
@@ -8,7 +8,8 @@ through the real pipeline 32 at a time (``reconcile.run_all``, what a rescan
 does) on one event loop. It prints the process CPU (user + system, every
 thread) and the event-loop thread's own CPU per file, with the load average,
 then the functions with the most own time (``--no-profile`` for the figures
-without cProfile's overhead). Intake (inotify) is not in it: ``bench.ab``
+without cProfile's overhead; ``--json``: those figures as one JSON object,
+as ``bench/run.py`` reads them). Intake (inotify) is not in it: ``bench.ab``
 measures the whole daemon.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import json
 import os
 import pstats
 import sys
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--level", default="info", help="log level (warning: no per-file lines)")
     ap.add_argument("--workdir", type=Path, default=Path("/work/bench-spool"))
     a = ap.parse_args(argv)
@@ -83,11 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     cpu1, wall = os.times(), time.monotonic() - t0
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     n = a.files
-    print(
-        f"{n} files: {n / wall:.0f} files/s, process CPU {cpu / n * 1000:.3f} ms/file, "
-        f"event-loop thread {loop_cpu / n * 1000:.3f} ms/file, load {os.getloadavg()[0]:.2f}"
-        + ("" if prof is None else " (under cProfile)")
-    )
+    figures = {
+        "files": n,
+        "files_per_s": n / wall,
+        "process_ms_per_file": cpu / n * 1000,
+        "loop_ms_per_file": loop_cpu / n * 1000,
+        "loadavg": os.getloadavg(),
+    }
+    if a.json:
+        print(json.dumps(figures))
+    else:
+        print(
+            f"{n} files: {figures['files_per_s']:.0f} files/s, process CPU "
+            f"{figures['process_ms_per_file']:.3f} ms/file, event-loop thread "
+            f"{figures['loop_ms_per_file']:.3f} ms/file, load {figures['loadavg'][0]:.2f}"
+            + ("" if prof is None else " (under cProfile)")
+        )
     if prof is not None:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(a.top)

@@ -61,6 +61,11 @@ def rate(v: float) -> str:
     return "–" if isinstance(v, float) and math.isnan(v) else f"{v:,.0f}"
 
 
+def cpu_ms(v: float) -> str:
+    """CPU ms per file to two decimals: the cheapest systems spend well under 1 ms."""
+    return "–" if isinstance(v, float) and math.isnan(v) else f"{v:.2f}"
+
+
 def mib(kib: float) -> str:
     return f"{kib / MIB:.1f}"
 
@@ -86,6 +91,7 @@ def case_rows(cases: list[dict[str, Any]]) -> list[list[str]]:
                 ms(m["p90_ms"]),
                 ms(m["p99_ms"]),
                 rate(m["drain_per_s"]),
+                cpu_ms(m["cpu_ms_per_file"]),
                 mib(c["peak_rss_kib"]),
                 f"{c['produce_s']:.1f}",
                 f"{c['pressure_during'].get('steal', 0):.0%}",
@@ -104,6 +110,7 @@ CASE_HEADER = [
     "p90 ms",
     "p99 ms",
     "drain files/s",
+    "CPU ms/file",
     "peak RSS MiB",
     "produce s",
     "CPU stolen",

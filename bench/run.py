@@ -5,12 +5,20 @@
     3. workloads, interleaved paced 200 files/s, then bursts of 2,000 / 20,000 /
                               100,000; every system runs every workload on a fresh
                               spool, the order rotating so that disk and CPU drift
-                              fall on all of them alike
-    4. ledger scale           Ledger.open of 100k- and 1M-line ledgers
-    5. disk floor again       the disk drifts; the ratio uses the mean of both
-    6. bench/RESULTS.md, bench/results.json, bench/latency_cdf.png
+                              fall on all of them alike; each case's CPU per file
+                              is its process tree's, handlers included, from the
+                              first file published to the drain
+    4. event loop             bench/cpuprof.py --no-profile: the log sink's
+                              event-loop CPU per file, 3 rounds of 3,000 files
+    5. busy host              bench/busy.py: paced 200 files/s for 10 s with a busy
+                              loop per core; the exec sink, its co-process mode, the
+                              exec sink under Nice=-5 and under CPUWeight=400, and
+                              the inotifywait and poll-loop peers
+    6. ledger scale           Ledger.open of 100k- and 1M-line ledgers
+    7. disk floor again       the disk drifts; the ratio uses the mean of both
+    8. bench/RESULTS.md, bench/results.json, bench/latency_cdf.png
 
-``--quick`` is the smoke run: the same steps on small sizes (about 2 minutes).
+``--quick`` is the smoke run: the same steps on small sizes (about 3 minutes).
 
 Nothing is deleted until the end. ext4 will not reuse an inode freed in the
 last few minutes, so right after a mass deletion every file creation near it
@@ -27,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,11 +53,13 @@ import attrs
 from bench import floor, ledgerscale, machine, produce, render, report
 from bench.systems import (
     BENCH,
+    REPO,
     AnuDaemon,
     Script,
     all_systems,
     proc_cpu_ticks,
     proc_kib,
+    ticks_ms,
 )
 
 System = AnuDaemon | Script
@@ -55,6 +67,8 @@ System = AnuDaemon | Script
 # lost. The daemon gets longer: after a kernel queue overflow its rescan re-checks settled
 # files (a marker read each, no evidence line) before it reaches the ones still to do.
 QUIET_S = {"anu": 30.0, "baseline": 6.0}
+# The busy-host step's unit settings: Nice=-5, and CPUWeight=400, four times a hog's weight.
+BUSY_NICE, BUSY_CPU_WEIGHT = -5, 400
 
 
 @attrs.frozen
@@ -143,6 +157,7 @@ def run_case(
     system.start(root)
     ids = produce.task_ids(wl.key, wl.files)
     pressure = machine.pressure()
+    ticks0 = system.cpu_ticks()  # after the start-up: the idle daemon's is not the files'
     t0 = time.monotonic()
     try:
         if wl.rate is None:
@@ -151,6 +166,7 @@ def run_case(
             renames = produce.paced(system.events_dir, ids, wl.rate)
         produce_s = time.monotonic() - t0
         status = wait_drained(system, wl, t0 + wl.deadline_for(system.key))
+        cpu_ms = ticks_ms(system.cpu_ticks() - ticks0)
     except BaseException:
         system.stop()  # never leave a watcher running behind a failed run
         raise
@@ -158,6 +174,7 @@ def run_case(
     metrics, lat = report.case_metrics(ids, renames, stopped.wakes)
     if status == "deadline":
         metrics["unfinished"], metrics["lost"] = metrics["lost"], 0
+    metrics["cpu_ms_per_file"] = cpu_ms / metrics["handled"] if metrics["handled"] else math.nan
     if wl.rate is None:
         produce.unstage(system.events_dir, staging, ids)
     case = {
@@ -167,6 +184,7 @@ def run_case(
         "status": status,
         "produce_s": produce_s,
         "peak_rss_kib": stopped.peak_rss_kib,
+        "cpu_ms": cpu_ms,
         "pressure_before": pressure,
         "pressure_during": machine.pressure_since(pressure),
         "metrics": metrics,
@@ -216,8 +234,7 @@ def measure_idle(workdir: Path, seconds: float) -> dict[str, Any]:
     elapsed = time.monotonic() - t0
     rss = proc_kib(daemon.proc.pid, "VmRSS")
     daemon.stop()
-    hz = os.sysconf("SC_CLK_TCK")
-    return {"rss_kib": rss, "cpu_ms": ticks * 1000.0 / hz, "seconds": elapsed}
+    return {"rss_kib": rss, "cpu_ms": ticks_ms(ticks), "seconds": elapsed}
 
 
 def measure_ledgers(workdir: Path, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
@@ -229,6 +246,34 @@ def measure_ledgers(workdir: Path, sizes: list[int], repeats: int) -> list[dict[
         print(f"bench: ledger {lines:,} lines: {entry['load_s']:.2f} s, {ckpt:.2f} s", flush=True)
         out.append(entry)
     return out
+
+
+def measure_event_loop(workdir: Path, files: int, rounds: int) -> dict[str, Any]:
+    """The log sink's event-loop CPU per file (bench/cpuprof.py), each round a fresh interpreter."""
+    argv = [sys.executable, "-m", "bench.cpuprof", "--no-profile", "--json"]
+    argv += ["--files", str(files), "--workdir", str(workdir / "cpuprof")]
+    runs = []
+    for i in range(rounds):
+        done = subprocess.run(argv, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True)
+        got = json.loads(done.stdout.splitlines()[-1])
+        print(
+            f"bench: event loop round {i + 1}: {got['loop_ms_per_file']:.3f} ms/file "
+            f"(process {got['process_ms_per_file']:.3f}), load {got['loadavg'][0]:.2f}",
+            flush=True,
+        )
+        runs.append(got)
+    loop = [r["loop_ms_per_file"] for r in runs]
+    return {"files": files, "rounds": runs, "loop_median_ms": statistics.median(loop)}
+
+
+def measure_busy(workdir: Path, seconds: float) -> dict[str, Any]:
+    """bench/busy.py: paced 200/s with a hog per core; the exec sink as is, niced, weighted."""
+    out = workdir / "busy.json"
+    argv = [sys.executable, "-m", "bench.busy", "--seconds", f"{seconds:g}", "--keep"]
+    argv += ["--nice", str(BUSY_NICE), "--cpu-weight", str(BUSY_CPU_WEIGHT)]
+    subprocess.run([*argv, "--workdir", str(workdir), "--out", str(out)], cwd=REPO, check=True)
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return doc
 
 
 def measure_floor(where: Path, n: int) -> dict[str, float]:
@@ -270,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         doc["floor_before"] = measure_floor(workdir / "floor-before", floor_n)
         doc["idle"] = measure_idle(workdir, 3.0 if args.quick else 10.0)
         doc["cases"], latencies = run_workloads(workdir, args.quick)
-        sizes = [10_000, 100_000] if args.quick else [100_000, 1_000_000]
+        doc["event_loop"] = measure_event_loop(workdir, *((500, 1) if args.quick else (3000, 3)))
+        doc["busy"] = measure_busy(workdir, 2.0 if args.quick else 10.0)
+        # 20,000 lines (6 MB) is about the least a close writes a checkpoint for (4 MiB).
+        sizes = [20_000, 100_000] if args.quick else [100_000, 1_000_000]
         doc["ledgers"] = measure_ledgers(workdir, sizes, repeats=3)
         doc["floor_after"] = measure_floor(workdir / "floor-after", floor_n)
     finally:

@@ -6,6 +6,9 @@
                        (bench/natsbroker.py); its wake time is the stored message's
     AnuDaemon("exec", process=True)
                        the same with co-process handlers (bench/handler_coproc.c)
+    AnuDaemon("exec", nice=-5, cpu_weight=400)
+                       under ``nice -n -5`` and in a cpu cgroup of its own with that
+                       weight: what ``Nice=`` and ``CPUWeight=`` in its unit do
     Script(...)        a baseline from bench/baselines/, running the handler per file
 
 The handler is bench/handler.c, compiled on first use (bench/handler.sh, the
@@ -14,12 +17,14 @@ same contract in bash, where there is no C compiler).
 Every system reports the same thing: one ``(task_id, start_ns)`` per handler
 start (a wake), its peak RSS (VmHWM, summed over the watcher's own processes;
 the short-lived handler processes are not the watcher's memory), and a cheap
-``progress()`` count the runner polls to know when the system has drained.
+``progress()`` count the runner polls to know when the system has drained,
+and ``cpu_ticks()``: the CPU its process tree used so far, handlers included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -123,15 +128,36 @@ def proc_kib(pid: int, field: str) -> int:
     return 0
 
 
+def _cpu_fields(pid: int) -> tuple[int, int, int, int]:
+    """utime, stime, cutime, cstime of a process in clock ticks; zeros once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0, 0, 0, 0  # a handler may exit between the listing and the read
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return utime, stime, cutime, cstime
+
+
+def ticks_ms(ticks: int) -> float:
+    """Clock ticks (``/proc/PID/stat``'s unit) in milliseconds."""
+    return ticks * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
 def proc_cpu_ticks(pid: int) -> int:
     """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    utime, stime, _, _ = _cpu_fields(pid)
+    return utime + stime
 
 
-def group_pids(pgid: int) -> list[int]:
-    """The live processes of a process group, handler processes excluded."""
+def reaped_cpu_ticks(pid: int) -> int:
+    """cutime + cstime: the CPU of the children a process has reaped, in clock ticks."""
+    _, _, cutime, cstime = _cpu_fields(pid)
+    return cutime + cstime
+
+
+def group_pids(pgid: int, *, handlers: bool = False) -> list[int]:
+    """The live processes of a process group, handler processes excluded unless ``handlers``."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -141,7 +167,7 @@ def group_pids(pgid: int) -> list[int]:
                 comm, rest = fh.read().split(" (", 1)[1].rsplit(")", 1)
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if int(rest.split()[2]) == pgid and comm != HANDLER_COMM:
+        if int(rest.split()[2]) == pgid and (handlers or comm != HANDLER_COMM):
             pids.append(int(entry))
     return pids
 
@@ -222,6 +248,77 @@ def stop_process(proc: subprocess.Popen[bytes], *, group: bool, timeout: float) 
             os.killpg(proc.pid, signal.SIGKILL)  # handlers or a pipeline stage still running
 
 
+# -- a cpu cgroup ---------------------------------------------------------------------
+
+CGROUP_V2_MOUNTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))  # hybrid, pure v2
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+def _words(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
+class CpuCgroup:
+    """A cgroup of its own with CPU weight W: what ``CPUWeight=W`` in a unit gives the daemon.
+
+    cgroup v2's ``cpu.weight`` where a v2 mount offers the cpu controller, else
+    v1's ``cpu.shares``, W * 1024 / 100 as systemd maps it (a process outside, at
+    the default weight 100, counts 1024 shares). Everything else stays where it is.
+    """
+
+    def __init__(self, weight: int) -> None:
+        self.weight = weight
+        v2 = [m for m in CGROUP_V2_MOUNTS if "cpu" in _words(m / "cgroup.controllers")]
+        self.v2_mount = v2[0] if v2 else None
+        base = self.v2_mount or CGROUP_V1_CPU
+        self.path = base / f"anu-bench-{os.getpid()}"
+
+    def create(self) -> None:
+        """OSError where the cgroups are not ours to change (not root, no cpu controller)."""
+        if self.v2_mount is None:
+            knob, value = "cpu.shares", self.weight * 1024 // 100
+        else:
+            knob, value = "cpu.weight", self.weight
+            enabled = self.v2_mount / "cgroup.subtree_control"
+            if "cpu" not in _words(enabled):
+                enabled.write_text("+cpu\n")  # as systemd does once any unit sets CPUWeight=
+        self.path.mkdir()
+        try:
+            (self.path / knob).write_text(f"{value}\n")
+        except OSError:
+            self.path.rmdir()
+            raise
+
+    def probe(self) -> str | None:
+        """Why no such cgroup can be made here, or None."""
+        try:
+            self.create()
+        except OSError as e:
+            return f"no cpu cgroup can be made at {self.path}: {e.strerror}"
+        self.remove()
+        return None
+
+    def enter_argv(self) -> list[str]:
+        """A command prefix joining the cgroup before the exec, so that its children start in it."""
+        procs = str(self.path / "cgroup.procs")
+        return ["sh", "-c", 'echo $$ > "$1" && shift && exec "$@"', "sh", procs]
+
+    def remove(self, timeout_s: float = 10.0) -> None:
+        """rmdir once empty: a handler may outlive the daemon's exit by a moment."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.path.rmdir()
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+
 # -- anu-watchd -----------------------------------------------------------------------
 
 
@@ -237,6 +334,7 @@ class AnuDaemon:
         host_id: str = "bench",
         process: bool = False,
         nice: int | None = None,
+        cpu_weight: int | None = None,
         extra: str = "",
     ) -> None:
         self.sink = sink
@@ -247,15 +345,18 @@ class AnuDaemon:
         self.host_id = host_id
         self.process = process
         self.nice = nice
+        self.cgroup = CpuCgroup(cpu_weight) if cpu_weight is not None else None
         self.extra = extra  # more TOML, appended (bench/ab.py's [metrics] arm)
         tuned = f", concurrency {concurrency}" if concurrency else ""
         tuned += f", nice {nice}" if nice is not None else ""
+        tuned += f", CPUWeight {cpu_weight}" if cpu_weight is not None else ""
         kind = "exec co-process" if process else f"{sink} sink"
         self.name = f"anu-watchd ({kind}{tuned})"
         self.key = ("anu-coproc" if process else f"anu-{sink}") + (
             f"-c{concurrency}" if concurrency else ""
         )
         self.key += f"-nice{nice}" if nice is not None else ""
+        self.key += f"-cpuw{cpu_weight}" if cpu_weight is not None else ""
 
     def start(self, root: Path) -> None:
         self.root = root
@@ -275,6 +376,9 @@ class AnuDaemon:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         env.pop("NOTIFY_SOCKET", None)
         niced = ["nice", "-n", str(self.nice)] if self.nice is not None else []
+        if self.cgroup is not None:
+            self.cgroup.create()
+            niced += self.cgroup.enter_argv()
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [*niced, sys.executable, "-m", "anu_watchd", "--config", str(self.config), "run"],
@@ -324,14 +428,18 @@ class AnuDaemon:
 
     def handler_cpu_ticks(self) -> int:
         """CPU of the handler processes: the reaped ones (per wake), plus live co-processes."""
-        with open(f"/proc/{self.proc.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        reaped = int(fields[13]) + int(fields[14])  # cutime + cstime
-        return reaped + sum(proc_cpu_ticks(p) for p in child_pids(self.proc.pid))
+        live = sum(proc_cpu_ticks(p) for p in child_pids(self.proc.pid))
+        return reaped_cpu_ticks(self.proc.pid) + live
+
+    def cpu_ticks(self) -> int:
+        """CPU of the whole tree so far: the daemon's own and its handlers'."""
+        return proc_cpu_ticks(self.proc.pid) + self.handler_cpu_ticks()
 
     def stop(self) -> Stopped:
         peak = proc_kib(self.proc.pid, "VmHWM")
         stop_process(self.proc, group=False, timeout=60)
+        if self.cgroup is not None:
+            self.cgroup.remove()
         if self.sink == "nats" and self._own_broker:
             held = self.broker.wakes()
             self.broker.stop()
@@ -394,6 +502,11 @@ class Script:
 
     def progress(self) -> int:
         return self._progress.poll()
+
+    def cpu_ticks(self) -> int:
+        """CPU of the whole group so far: the watcher, its pipeline, the handlers it reaped."""
+        # Each member's own and its reaped children's: a handler counts once, live or reaped.
+        return sum(sum(_cpu_fields(p)) for p in group_pids(self.proc.pid, handlers=True))
 
     def stop(self) -> Stopped:
         peak = sum(proc_kib(p, "VmHWM") for p in group_pids(self.proc.pid))
