@@ -2,10 +2,12 @@
 
 One record is one line, ``json.dumps(record, separators=(",", ":"),
 ensure_ascii=False) + "\\n"`` in UTF-8. ``append`` returns only once its line
-is durable. Callers that arrive while a flush is running queue up, and the
-next flush writes all their lines with ONE ``os.write`` and ONE fsync (group
-commit): at a few hundred microseconds per fsync, this is what lets a burst
-go faster than one fsync per record.
+is durable (opened ``synced=False``, as the evidence log is: once it is written,
+durable at the next sync of its filesystem or at close). Callers that arrive
+while a flush is running queue up, and the next flush writes all their lines
+with ONE ``os.write`` and ONE fsync (group commit): at a few hundred
+microseconds per fsync, this is what lets a burst go faster than one fsync per
+record.
 
 Failure contract (docs/durability.md; PostgreSQL's "fsyncgate"): when a write
 fails, writes short, or the fsync fails, every caller waiting on that flush
@@ -77,9 +79,20 @@ class AppendLog:
     """An append-only JSON-lines file; use :meth:`open`."""
 
     def __init__(
-        self, path: Path, fd: int, size: int, fail_stop: threading.Event | None = None
+        self,
+        path: Path,
+        fd: int,
+        size: int,
+        fail_stop: threading.Event | None = None,
+        *,
+        synced: bool = True,
     ) -> None:
         self.path = path
+        # False: a flush writes without an fsync, and append returns once its line is
+        # written; the evidence log's lines are observability, not state (the ledger
+        # decides), and a crash of the process loses none of them, only a power cut the
+        # last few. They become durable with the next projection batch's syncfs and at close.
+        self._synced = synced
         # Shared by every durable writer of one daemon (ledger, evidence, projections): the
         # first writer thread whose write or fsync fails sets it, and the others stop before
         # their next one, without waiting for the event loop to hear of the failure.
@@ -95,7 +108,9 @@ class AppendLog:
         self._flushes = 0
 
     @classmethod
-    def open(cls, path: Path, *, fail_stop: threading.Event | None = None) -> AppendLog:
+    def open(
+        cls, path: Path, *, fail_stop: threading.Event | None = None, synced: bool = True
+    ) -> AppendLog:
         """Open (or create, making its directory entry durable) the log at ``path``."""
         try:
             fd = fsio.open_state(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, op="create the log")
@@ -110,7 +125,7 @@ class AppendLog:
         except OSError as exc:
             os.close(fd)
             raise _error(f"{path}: cannot open for appending: {exc}", exc) from exc
-        return cls(path, fd, size, fail_stop)
+        return cls(path, fd, size, fail_stop, synced=synced)
 
     @property
     def end(self) -> int:
@@ -155,6 +170,12 @@ class AppendLog:
             await asyncio.wait([self._flusher])
         if self._io is not None:  # a cancelled flush leaves its thread running: wait for it
             await asyncio.wait([self._io])
+        if not self._synced and self._cause is None and not self._fail_stop.is_set():
+            try:
+                await asyncio.to_thread(fsio.fsync, self._fd)
+            except OSError as exc:  # fatal as any failed fsync: the caller exits 70
+                self._fail_stop.set()
+                _log.error("append_log_failed", path=str(self.path), error=str(exc), lost_lines=0)
         os.close(self._fd)
 
     def close(self) -> None:
@@ -207,7 +228,8 @@ class AppendLog:
             if written != len(data):
                 # As PostgreSQL does: a short write without errno is taken as a full disk.
                 raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
-            fsio.fsync(self._fd)
+            if self._synced:
+                fsio.fsync(self._fd)
         except OSError:
             self._fail_stop.set()
             raise

@@ -6,14 +6,24 @@ directory for the flag coming and going. ``classify`` (pure) decides what a
 name is; the daemon's own markers, envelopes, logs and temp files classify as
 nothing, so they never feed back as work. A lost queue (``IN_Q_OVERFLOW``)
 becomes an ``Overflow`` event: the daemon answers with a full rescan.
+
+asyncinotify owns the inotify instance and its watches; the events are read
+here, from its descriptor, with one reader registered for as long as
+``events()`` runs. Its own ``get()`` adds and removes the descriptor from
+epoll on every read and builds a ``Path``, an enum and an object for every
+event; a wake makes ~9 events (the worker's temp file and rename, our two
+projections' temp files and renames), most of them ours and dropped at once
+by name, so that cost was most of intake's (docs/design.md, "Intake").
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import stat
-from collections.abc import AsyncIterator
+import struct
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import attrs
@@ -48,6 +58,13 @@ LOST = Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF
 PARENT_MASK = Mask.DELETE | Mask.MOVED_FROM | Mask.ONLYDIR | Mask.DONT_FOLLOW
 # Read many events per syscall: a burst of thousands is the normal case.
 CACHE_EVENTS = 4096
+# struct inotify_event: wd, mask, cookie, len, then len bytes of NUL-padded name.
+_EVENT = struct.Struct("iIII")
+READ_BYTES = CACHE_EVENTS * (_EVENT.size + 256)
+_Q_OVERFLOW = int(Mask.Q_OVERFLOW)
+_CREATE = int(Mask.CREATE)
+_GONE = int(Mask.DELETE | Mask.MOVED_FROM)
+_LOST = int(LOST)
 
 NETWORK_FS = {
     "nfs",
@@ -140,76 +157,121 @@ class Intake:
         self.glob = glob
         self.overflows = 0
         self._inotify: Inotify | None = None
+        self._reading: asyncio.AbstractEventLoop | None = None  # where our reader is registered
+        self._flag_here = flag.parent == events_dir  # the flag lives in the events directory
 
     def arm(self) -> None:
         ino = Inotify(cache_size=CACHE_EVENTS)
         try:
-            self._events_watch = ino.add_watch(self.events_dir, DIR_MASK)
-            self._flag_watch = None
+            events_wd = ino.add_watch(self.events_dir, DIR_MASK).wd
+            flag_wd = None
             parent_mask = PARENT_MASK
             if self.flag.parent == self.events_dir.parent:
                 parent_mask |= FLAG_MASK  # one inode, one watch: masks must be combined
             elif self.flag.parent != self.events_dir:
-                self._flag_watch = ino.add_watch(self.flag.parent, FLAG_MASK)
-            self._parent_watch = ino.add_watch(self.events_dir.parent, parent_mask)
+                flag_wd = ino.add_watch(self.flag.parent, FLAG_MASK).wd
+            parent_wd = ino.add_watch(self.events_dir.parent, parent_mask).wd
             if self.flag.parent == self.events_dir.parent:
-                self._flag_watch = self._parent_watch
+                flag_wd = parent_wd
+            # asyncinotify opens it blocking; a spurious wake-up must not block the loop.
+            os.set_blocking(ino.fd, False)
         except BaseException:
             ino.close()
             raise
+        self._events_wd, self._flag_wd, self._parent_wd = events_wd, flag_wd, parent_wd
         self._inotify = ino
 
     def close(self) -> None:
         if self._inotify is not None:
+            self._stop_reading()
             self._inotify.close()
             self._inotify = None
 
     async def events(self) -> AsyncIterator[IntakeEvent]:
         assert self._inotify is not None, "arm() first"
-        async for ev in self._inotify:
-            out = self._translate(ev.mask, ev.watch, ev.name)
+        fd = self._inotify.fd
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] | None = None
+
+        def readable() -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        loop.add_reader(fd, readable)
+        self._reading = loop
+        try:
+            while True:
+                # Always through the loop: a burst's reads take turns with the runs.
+                waiter = loop.create_future()
+                await waiter
+                waiter = None
+                try:
+                    data = os.read(fd, READ_BYTES)
+                except BlockingIOError:
+                    continue
+                for out in self._translate_all(data):
+                    yield out
+                    if out.kind is Kind.LOST:
+                        return
+        finally:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self._reading is not None and self._inotify is not None:
+            self._reading.remove_reader(self._inotify.fd)
+        self._reading = None
+
+    def _translate_all(self, data: bytes) -> Iterator[IntakeEvent]:
+        at, end = 0, len(data)
+        while at < end:
+            wd, mask, _cookie, size = _EVENT.unpack_from(data, at)
+            at += _EVENT.size
+            name = None
+            if size:
+                raw = data[at : at + size].split(b"\0", 1)[0]
+                at += size
+                name = os.fsdecode(raw) if raw else None
+            out = self._translate(mask, wd, name)
             if out is not None:
                 yield out
-                if out.kind is Kind.LOST:
-                    return
 
-    def _translate(self, mask: Mask, watch: object, name: Path | None) -> IntakeEvent | None:
-        if Mask.Q_OVERFLOW in mask:
+    def _translate(self, mask: int, wd: int, name: str | None) -> IntakeEvent | None:
+        if mask & _Q_OVERFLOW:
             self.overflows += 1
             return IntakeEvent(Kind.OVERFLOW)
-        if watch is self._events_watch:
+        if wd == self._events_wd:
             return self._from_events_dir(mask, name)
-        if watch is self._parent_watch and name is not None and name.name == self.events_dir.name:
-            if mask & (Mask.DELETE | Mask.MOVED_FROM):
+        if wd == self._parent_wd and name == self.events_dir.name:
+            if mask & _GONE:
                 return IntakeEvent(Kind.LOST, self.events_dir, detail=_mask_names(mask))
             return None
-        if watch is not None and watch is self._flag_watch:
+        if wd == self._flag_wd:
             return self._from_flag_dir(mask, name)
         return None
 
-    def _from_events_dir(self, mask: Mask, name: Path | None) -> IntakeEvent | None:
+    def _from_events_dir(self, mask: int, name: str | None) -> IntakeEvent | None:
         if name is None:
-            if mask & LOST:
+            if mask & _LOST:
                 return IntakeEvent(Kind.LOST, self.events_dir, detail=_mask_names(mask))
             return None
-        if self.flag.parent == self.events_dir and name.name == self.flag.name:
+        if self._flag_here and name == self.flag.name:
             return IntakeEvent(Kind.FLAG, self.flag)
-        kind = classify(name.name, self.glob)
+        kind = classify(name, self.glob)
         if kind is None:
             return None
         path = self.events_dir / name
-        if Mask.CREATE in mask and not (kind[0] is Kind.RESULT and made_in_place_unsafe(path)):
+        if mask & _CREATE and not (kind[0] is Kind.RESULT and made_in_place_unsafe(path)):
             return None  # a regular file: its CLOSE_WRITE (or the rename onto it) follows
         return IntakeEvent(kind[0], path, task_id=kind[1])
 
-    def _from_flag_dir(self, mask: Mask, name: Path | None) -> IntakeEvent | None:
+    def _from_flag_dir(self, mask: int, name: str | None) -> IntakeEvent | None:
         if name is None:
-            if mask & LOST:
+            if mask & _LOST:
                 return IntakeEvent(Kind.LOST, self.flag.parent, detail=_mask_names(mask))
             return None
-        return IntakeEvent(Kind.FLAG, self.flag) if name.name == self.flag.name else None
+        return IntakeEvent(Kind.FLAG, self.flag) if name == self.flag.name else None
 
 
-def _mask_names(mask: Mask) -> str:
+def _mask_names(mask: int) -> str:
     shown = (Mask.IGNORED, Mask.DELETE_SELF, Mask.MOVE_SELF, Mask.DELETE, Mask.MOVED_FROM)
-    return "|".join(m.name or "?" for m in shown if m in mask)
+    return "|".join(m.name or "?" for m in shown if m & mask)

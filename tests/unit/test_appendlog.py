@@ -136,6 +136,33 @@ async def test_concurrent_appends_share_writes_and_fsyncs(
     assert len(set(offsets)) == 50
 
 
+async def test_an_unsynced_log_writes_each_line_at_once_and_fsyncs_only_at_close(
+    log_path: Path, seam: FsyncSeam
+) -> None:
+    """synced=False (the evidence log): a line is in the file when append returns, with
+    no fsync of its own; the one fsync is the clean close's."""
+    unsynced = AppendLog.open(log_path, synced=False)
+    opened = seam.calls  # creating the log makes its directory entry durable
+    for i in range(3):
+        await unsynced.append({"i": i})
+        assert [r["i"] for r in lines(log_path)] == list(range(i + 1))
+    assert seam.calls == opened
+    await unsynced.aclose()
+    assert seam.calls == opened + 1
+
+
+async def test_an_unsynced_log_whose_close_fsync_fails_stops_its_daemon(
+    log_path: Path, seam: FsyncSeam
+) -> None:
+    """A failed fsync at close is as fatal as any: the shared fail-stop flag is set."""
+    fail_stop = threading.Event()
+    unsynced = AppendLog.open(log_path, synced=False, fail_stop=fail_stop)
+    await unsynced.append({"i": 1})
+    seam.failing = True
+    await unsynced.aclose()
+    assert fail_stop.is_set()
+
+
 async def test_appends_arriving_during_a_flush_form_the_next_group(
     log: AppendLog, seam: FsyncSeam
 ) -> None:
