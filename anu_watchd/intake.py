@@ -8,12 +8,11 @@ nothing, so they never feed back as work. A lost queue (``IN_Q_OVERFLOW``)
 becomes an ``Overflow`` event: the daemon answers with a full rescan.
 
 asyncinotify owns the inotify instance and its watches; the events are read
-here, from its descriptor, with one reader registered for as long as
-``events()`` runs. Its own ``get()`` adds and removes the descriptor from
-epoll on every read and builds a ``Path``, an enum and an object for every
-event; a wake makes ~9 events (the worker's temp file and rename, our two
-projections' temp files and renames), most of them ours and dropped at once
-by name, so that cost was most of intake's (docs/design.md, "Intake").
+here, from its descriptor. Its own ``get()`` builds a ``Path``, an enum and
+an object for every event; a wake makes ~9 events (the worker's temp file
+and rename, our two projections' temp files and renames), most of them ours
+and dropped here by name before anything is built, so that cost was most of
+intake's (docs/design.md, "Intake reads the inotify descriptor itself").
 """
 
 from __future__ import annotations
@@ -191,20 +190,18 @@ class Intake:
         assert self._inotify is not None, "arm() first"
         fd = self._inotify.fd
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] | None = None
-
-        def readable() -> None:
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-        loop.add_reader(fd, readable)
-        self._reading = loop
         try:
             while True:
-                # Always through the loop: a burst's reads take turns with the runs.
-                waiter = loop.create_future()
-                await waiter
-                waiter = None
+                # Registered only while waiting, as asyncinotify does: while the queue is
+                # full the descriptor stays readable, and a reader left registered would
+                # make every loop iteration return at once from epoll, spinning.
+                waiter: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(fd, _wake, waiter)
+                self._reading = loop
+                try:
+                    await waiter
+                finally:
+                    self._stop_reading()
                 try:
                     data = os.read(fd, READ_BYTES)
                 except BlockingIOError:
@@ -270,6 +267,11 @@ class Intake:
                 return IntakeEvent(Kind.LOST, self.flag.parent, detail=_mask_names(mask))
             return None
         return IntakeEvent(Kind.FLAG, self.flag) if name == self.flag.name else None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _mask_names(mask: int) -> str:
