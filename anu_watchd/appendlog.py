@@ -88,10 +88,13 @@ class AppendLog:
         synced: bool = True,
     ) -> None:
         self.path = path
-        # False: append writes its line at once, in the caller's thread, without an fsync;
-        # the evidence log's lines are observability, not state (the ledger decides), and a
-        # crash of the process loses none of them, only a power cut the last few. They
-        # become durable with the next projection batch's syncfs and at close.
+        # False: a flush writes without an fsync, and append returns once its line is
+        # written; the evidence log's lines are observability, not state (the ledger
+        # decides), and a crash of the process loses none of them, only a power cut the
+        # last few. They become durable with the next projection batch's syncfs and at
+        # close. Still written in the writer thread: on the loop, 32 writes a batch instead
+        # of one cost more than the hop (bench/PROFILE.md, section 9), and a write can wait
+        # on the filesystem's journal while the ledger's fsync commits it.
         self._synced = synced
         # Shared by every durable writer of one daemon (ledger, evidence, projections): the
         # first writer thread whose write or fsync fails sets it, and the others stop before
@@ -154,27 +157,12 @@ class AppendLog:
         written), so an in-memory index never lags behind the file.
         """
         self._check_usable()
-        if not self._synced:
-            return self._write_now(encode(record), on_durable)
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(encode(record), waiter, on_durable))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop())
             self._flusher.add_done_callback(self._flusher_done)
         return await waiter
-
-    def _write_now(self, line: bytes, on_durable: OnDurable | None) -> int:
-        """An unsynced log's line, written on the caller's thread as a log line is: without
-        an fsync to wait for, a thread hop (~50 us on the loop) costs more than the write."""
-        base = self._end
-        try:
-            self._write_durably(line)
-        except OSError as exc:
-            raise self._poison(exc, []) from exc
-        self._done(1, line)
-        if on_durable is not None:
-            on_durable(base)
-        return base
 
     async def aclose(self) -> None:
         """Let queued lines become durable (or fail), then close the file."""
