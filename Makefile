@@ -36,7 +36,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-# Side-by-side benchmarks against the peers (about 20 minutes); writes bench/RESULTS.md.
+# Side-by-side benchmarks against the peers (about 25 minutes); writes bench/RESULTS.md.
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
