@@ -1,13 +1,13 @@
 """A JSON-lines append-only file with group commit: the ledger's and the evidence log's writer.
 
 One record is one line, ``json.dumps(record, separators=(",", ":"),
-ensure_ascii=False) + "\\n"`` in UTF-8. ``append`` returns only once its line
-is durable (opened ``synced=False``, as the evidence log is: once it is written,
-durable at the next sync of its filesystem or at close). Callers that arrive
-while a flush is running queue up, and the next flush writes all their lines
-with ONE ``os.write`` and ONE fsync (group commit): at a few hundred
-microseconds per fsync, this is what lets a burst go faster than one fsync per
-record.
+ensure_ascii=False) + "\\n"`` in UTF-8. ``append`` returns once its line is
+durable; a log opened ``synced=False`` (the evidence log) skips the fsync, so
+there "durable" means written: durable at the next sync of its filesystem or
+at close. Callers that arrive while a flush is running queue up, and the next
+flush writes all their lines with ONE ``os.write`` and ONE fsync (group
+commit): at a few hundred microseconds per fsync, this is what lets a burst go
+faster than one fsync per record.
 
 Failure contract (docs/durability.md; PostgreSQL's "fsyncgate"): when a write
 fails, writes short, or the fsync fails, every caller waiting on that flush
@@ -152,7 +152,8 @@ class AppendLog:
     async def append(self, record: dict[str, Any], *, on_durable: OnDurable | None = None) -> int:
         """Append one line; return its byte offset once it is durable.
 
-        ``on_durable(offset)`` runs in line order as soon as the line is durable,
+        ``on_durable(offset)`` runs in line order as soon as the line is durable
+        (written, for a log opened ``synced=False``),
         even if this caller was cancelled meanwhile (a queued line is still
         written), so an in-memory index never lags behind the file.
         """

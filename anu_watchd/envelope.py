@@ -297,11 +297,11 @@ def check(env: Any) -> list[str]:
 
 
 def _well_formed(env: Any) -> bool:
-    """True exactly when ``_shape_problems`` finds nothing: one pass, no sentences built.
+    """True only when ``_shape_problems`` finds nothing: one pass, no sentences built.
 
     Every wake checks two envelopes; nearly all are well formed, and building the
     lists that say so cost ~40 us a check. Anything else takes the long way, which
-    names the problems.
+    names the problems (a dict subclass too, which the long way may accept).
     """
     if type(env) is not dict or env.keys() != KEYS:
         return False

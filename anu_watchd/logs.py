@@ -5,7 +5,8 @@ for a terminal with ``format = "console"``. The processor chain, in order::
 
     merge_contextvars -> add_log_level -> TimeStamper(iso, UTC, "timestamp")
     -> StackInfoRenderer -> exceptions rendered (no local variables)
-    -> redaction of the sealed key -> JSONRenderer | ConsoleRenderer
+    -> JSONRenderer searched for the sealed key (secret.redacting_renderer)
+       | redaction of the sealed key -> ConsoleRenderer
 
 Redaction comes after the traceback has become data, so a key inside an
 exception message is caught too. For JSON the line is rendered first and
@@ -168,7 +169,7 @@ def _render(fmt: str, key: SealedKey | None, *, colors: bool) -> list[Processor]
         no_locals = ExceptionDictTransformer(show_locals=False)
         return [
             structlog.processors.ExceptionRenderer(no_locals),
-            # Rendered, then searched for the key: walked and rendered again only on a hit.
+            # A search of the rendered line costs a microsecond, a walk of every event ~0.1 ms.
             redacting_renderer(key, structlog.processors.JSONRenderer()),
         ]
     if fmt == "console":

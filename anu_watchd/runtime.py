@@ -93,8 +93,10 @@ async def open_pipeline(
     finally:
         await sink.aclose()
         await projections.aclose()
-        await evidence.aclose()
+        # The ledger first: a failed fsync at the evidence log's close (it has no other)
+        # sets the fail-stop flag, which would drop the ledger's last queued lines.
         await ledger.aclose()
+        await evidence.aclose()
     if fail_stop.is_set() and not projections.halted:
         # A write failed in its thread after the run waiting for it was cancelled (a drain
         # that timed out): nobody raised, nobody halted, but it is no less fatal (exit 70).

@@ -248,26 +248,36 @@ def redacting_renderer(key: SealedKey | None, render: Renderer) -> Renderer:
     For a key no escaper changes (printable ASCII without a backslash or a quote, as
     ``token_urlsafe`` makes), every form of it anywhere in the event dict, nested,
     escaped once or twice, comes out of the renderer as the key itself: so the rendered
-    line is searched once, and only a line that holds it is rendered again from the
-    walked dict (``redact_processor``). The walk costs ~0.1 ms a line; the search a
-    microsecond. Any other key is walked before every render, as before.
+    line is searched once, and only a line that holds it (or a dict the renderer cannot
+    take as it is: a repr that raises, a list holding itself) is rendered again from
+    the walked dict (``redact_processor``). The walk costs ~0.1 ms a line; the search a
+    microsecond. Any other key is walked before every render.
+
+    Whatever was walked, the final line is searched too: an object's
+    ``__structlog__`` (which the renderer asks before ``repr``) is not something the
+    walk can see, so a key it returns is replaced in the line itself.
     """
     if key is None:
         return render
     walk = redact_processor(key)
+    redactor = _Redactor(key.value)
+
+    def walked(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        line = render(logger, name, walk(logger, name, event_dict))
+        return redactor.text(line) if isinstance(line, str) else line
+
     if not _inert(key.value):
-
-        def walked(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
-            return render(logger, name, walk(logger, name, event_dict))
-
         return walked
     value = key.value
 
     def searched(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
-        line = render(logger, name, event_dict)
+        try:
+            line = render(logger, name, event_dict)
+        except Exception:  # the walk makes anything renderable
+            return walked(logger, name, event_dict)
         if value not in line:
             return line
-        return render(logger, name, walk(logger, name, event_dict))
+        return walked(logger, name, event_dict)
 
     return searched
 

@@ -137,6 +137,49 @@ def test_json_lines_hold_no_form_of_the_key(tmp_path: Path, kind: str) -> None:
     assert dirty["deep"] == {"a": [{"b": ["x[REDACTED]y"]}]}
 
 
+class _ReprRaises:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _ShowsKey:
+    """An object whose repr is clean but whose ``__structlog__`` (asked first) is not."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "ShowsKey()"
+
+    def __structlog__(self) -> Any:
+        return {"inside": self.value}
+
+
+@pytest.mark.parametrize("kind", sorted(KEY_KINDS))
+def test_a_value_the_renderer_cannot_take_still_makes_its_line(tmp_path: Path, kind: str) -> None:
+    """A repr that raises or a list holding itself is walked into something renderable:
+    the line is written and the call does not raise."""
+    key = SealedKey(path=tmp_path / "anu-key", value=KEY_KINDS[kind]())
+    out = setup(key)
+    looped: list[Any] = [1]
+    looped.append(looped)
+    logs.get_logger().info("odd", bad=_ReprRaises(), looped=looped)
+    (line,) = json_lines(out.getvalue())
+    assert line["event"] == "odd" and line["bad"] == "[UNREPRESENTABLE]"
+
+
+@pytest.mark.parametrize("kind", sorted(KEY_KINDS))
+def test_a_key_from_structlog_hook_is_redacted_in_the_line(tmp_path: Path, kind: str) -> None:
+    """``__structlog__`` is asked by the renderer, after the walk: the line is searched too."""
+    value = KEY_KINDS[kind]()
+    key = SealedKey(path=tmp_path / "anu-key", value=value)
+    out = setup(key)
+    logs.get_logger().info("hooked", obj=_ShowsKey(value))
+    text = out.getvalue()
+    assert value not in text and json.dumps(value)[1:-1] not in text
+    assert "[REDACTED]" in text
+
+
 def test_json_traceback_is_redacted_and_has_no_locals(key: SealedKey) -> None:
     """An exception's message and traceback are redacted, and frames carry no local variables."""
     out = setup(key)
