@@ -151,21 +151,7 @@ def temp_name(final: str) -> str:
 
 def atomic_write(path: Path, data: bytes | bytearray, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` durably, all or nothing (see the module docstring)."""
-    tmp = path.parent / temp_name(path.name)
-    try:
-        fd = os.open(tmp, _WRITE_FLAGS, mode)
-    except OSError as exc:
-        raise _not_written(path, exc, "not written") from exc
-    try:
-        _fill(fd, data)
-        # os.rename, not a copy: the rename is what makes the new content appear atomically.
-        os.rename(tmp, path)
-    except OSError as exc:
-        _discard(tmp)
-        raise _not_written(path, exc, "not written") from exc
-    except BaseException:
-        _discard(tmp)
-        raise
+    _write_renamed(path, data, mode=mode, synced=True)
     _sync_dir_after(path.parent, repr(path.name))
 
 
@@ -182,30 +168,35 @@ def write_many_unsynced(
     "Projections"). A failure may leave earlier files renamed: callers treat
     it as fatal. ``halted`` stops the batch before its next file.
     """
-    current = writes[0][0] if writes else Path()
-    for current, data in writes:
+    for path, data in writes:
         check_halted(halted)
-        tmp = current.parent / temp_name(current.name)
-        try:
-            fd = os.open(tmp, _WRITE_FLAGS, 0o644)
-        except OSError as exc:
-            raise _not_written(current, exc, "not written") from exc
-        try:
-            try:
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
-            os.rename(tmp, current)
-        except OSError as exc:
-            _discard(tmp)
-            raise _not_written(current, exc, "not written") from exc
-        except BaseException:
-            _discard(tmp)
-            raise
+        _write_renamed(path, data, mode=0o644, synced=False)
     for path in remove:
         check_halted(halted)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def _write_renamed(path: Path, data: bytes | bytearray, *, mode: int, synced: bool) -> None:
+    """``data`` into a fresh temp beside ``path`` (fsynced if ``synced``), renamed onto it.
+
+    Any failure removes the temp and raises ``NotWrittenError`` naming ``path``.
+    """
+    tmp = path.parent / temp_name(path.name)
+    try:
+        fd = os.open(tmp, _WRITE_FLAGS, mode)
+    except OSError as exc:
+        raise _not_written(path, exc, "not written") from exc
+    try:
+        _fill(fd, data, synced=synced)
+        # os.rename, not a copy: the rename is what makes the new content appear atomically.
+        os.rename(tmp, path)
+    except OSError as exc:
+        _discard(tmp)
+        raise _not_written(path, exc, "not written") from exc
+    except BaseException:
+        _discard(tmp)
+        raise
 
 
 def check_halted(halted: threading.Event | None) -> None:
@@ -223,11 +214,12 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[n:]
 
 
-def _fill(fd: int, data: bytes | bytearray) -> None:
-    """Write all of ``data``, fsync, close; the descriptor is closed whatever happens."""
+def _fill(fd: int, data: bytes | bytearray, *, synced: bool) -> None:
+    """Write all of ``data``, fsync if ``synced``, close; closed whatever happens."""
     try:
         _write_all(fd, data)
-        fsync(fd)
+        if synced:
+            fsync(fd)
     finally:
         os.close(fd)
 

@@ -110,12 +110,7 @@ def _is_inside(path: Path, directory: Path) -> bool:
 
 def _read_key(path: Path, *, inside_credentials: bool) -> str:
     raw = _read_checked(path, inside_credentials=inside_credentials)
-    try:
-        value = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise SecretError(_CONFIG_KEY, f"{path}: not valid UTF-8") from None
-    if not value:
-        raise SecretError(_CONFIG_KEY, f"{path}: empty key file")
+    value = _stripped_text(raw, path, config_key=_CONFIG_KEY, what="key file")
     if len(value) < MIN_KEY_CHARS:
         # The length only: the value itself never appears in an error.
         raise SecretError(
@@ -177,12 +172,17 @@ def read_secret_file(
     raw = _read_checked(
         path, inside_credentials=inside, config_key=config_key, max_bytes=max_bytes
     )
+    return _stripped_text(raw, path, config_key=config_key, what="file")
+
+
+def _stripped_text(raw: bytes, path: Path, *, config_key: str, what: str) -> str:
+    """A secret file's content as stripped UTF-8 text; refusals name the path, never the text."""
     try:
         value = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise SecretError(config_key, f"{path}: not valid UTF-8") from None
     if not value:
-        raise SecretError(config_key, f"{path}: empty file")
+        raise SecretError(config_key, f"{path}: empty {what}")
     return value
 
 

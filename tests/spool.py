@@ -130,6 +130,19 @@ class Spool:
         return [json.loads(p.read_text()) for p in sorted(q.glob("*.reason.json"))]
 
 
+def python_exec_spool(root: Path, handler: str, *, extra: str = "") -> Spool:
+    """A spool whose exec sink runs ``handler`` (Python source) a wake, one attempt each."""
+    script = root / "handler.py"
+    script.write_text(handler)
+    sp = Spool(root, sink="exec")
+    sp.write_config(
+        sink="exec",
+        extra=extra,
+        wake_extra=f'attempts = 1\n[wake.exec]\nargv = ["{sys.executable}", "{script}"]\n',
+    )
+    return sp
+
+
 def run_cli(
     args: Sequence[str],
     *,

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from tests.spool import Spool, run_cli, valid_doc
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path)
-
-
-@pytest.fixture
-def daemon(spool: Spool) -> Iterator[DaemonProc]:
-    d = DaemonProc(spool)
-    d.wait_notify("READY=1")
-    yield d
-    d.stop()
 
 
 def _done(spool: Spool, task_id: str) -> bool:

@@ -7,14 +7,13 @@ import signal
 import socket
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemonproc import DaemonProc, wait_for
-from tests.spool import Spool
+from tests.spool import Spool, python_exec_spool
 
 # Registers every task at once, except: "fail" in the id -> a permanent error (exit 1), and
 # "slow" -> waits until the gate file exists, so a test can scrape while that run is in flight.
@@ -39,23 +38,8 @@ def _metrics_table(listen: str, textfile: Path) -> str:
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
-    handler = tmp_path / "handler.py"
-    handler.write_text(HANDLER)
-    sp = Spool(tmp_path, sink="exec")
-    sp.write_config(
-        sink="exec",
-        extra=f"rescan_interval_s = 300\n{_metrics_table('127.0.0.1:0', tmp_path / 'm.prom')}",
-        wake_extra=f'attempts = 1\n[wake.exec]\nargv = ["{sys.executable}", "{handler}"]\n',
-    )
-    return sp
-
-
-@pytest.fixture
-def daemon(spool: Spool) -> Iterator[DaemonProc]:
-    d = DaemonProc(spool)
-    d.wait_notify("READY=1")
-    yield d
-    d.stop()
+    metrics = _metrics_table("127.0.0.1:0", tmp_path / "m.prom")
+    return python_exec_spool(tmp_path, HANDLER, extra=f"rescan_interval_s = 300\n{metrics}")
 
 
 def parse(text: str) -> Samples:

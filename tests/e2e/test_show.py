@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.daemonproc import DaemonProc, wait_for
-from tests.spool import Spool, valid_doc
+from tests.spool import Spool, python_exec_spool, valid_doc
 
 # Registers every wake, unless the file "broken" exists next to it: then a permanent error.
 HANDLER = """\
@@ -26,22 +24,7 @@ print("sched-1")
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
-    handler = tmp_path / "handler.py"
-    handler.write_text(HANDLER)
-    sp = Spool(tmp_path, sink="exec")
-    sp.write_config(
-        sink="exec",
-        wake_extra=f'attempts = 1\n[wake.exec]\nargv = ["{sys.executable}", "{handler}"]\n',
-    )
-    return sp
-
-
-@pytest.fixture
-def daemon(spool: Spool) -> Iterator[DaemonProc]:
-    d = DaemonProc(spool)
-    d.wait_notify("READY=1")
-    yield d
-    d.stop()
+    return python_exec_spool(tmp_path, HANDLER)
 
 
 def show(spool: Spool, task: str) -> dict[str, Any]:

@@ -281,6 +281,22 @@ def test_deleted_state_directory_recovers(host: Container) -> None:
     assert _verdict(host, "task-doc-after") == "WAKE_BUILT"
 
 
+def test_the_unit_weight_and_the_documented_drop_in_that_lowers_it(host: Container) -> None:
+    """The shipped CPUWeight=200 reaches systemd; the doc's drop-in makes it 100 and the
+    restarted daemon still wakes a worker's result; without the drop-in it is 200 again."""
+    assert host.show(SERVICE, "CPUWeight")["CPUWeight"] == "200"
+    old = _main_pid(host)
+    assert "CPUWeight=100" in run_doc(host, "lower-cpu-weight").stdout
+    wait_for(lambda: _running_again(host, old), "the daemon restarted by the drop-in", 30)
+    _emit(host, "task-doc-weight")
+    assert _verdict(host, "task-doc-weight") == "WAKE_BUILT"
+    host.sh(
+        "rm /etc/systemd/system/anu-watchd.service.d/cpu-weight.conf && "
+        "systemctl daemon-reload && systemctl restart anu-watchd"
+    )
+    assert host.show(SERVICE, "CPUWeight")["CPUWeight"] == "200"
+
+
 def test_every_line_the_units_wrote_is_json(host: Container) -> None:
     """The whole session's journal of both services: every stdout line is one JSON object."""
     entries = host.journal(f"_SYSTEMD_UNIT={SERVICE}", f"_SYSTEMD_UNIT={SCAN}")
