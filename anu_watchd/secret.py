@@ -259,11 +259,10 @@ def redacting_renderer(key: SealedKey | None, render: Renderer) -> Renderer:
     """
     if key is None:
         return render
-    walk = redact_processor(key)
     redactor = _Redactor(key.value)
 
     def walked(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
-        line = render(logger, name, walk(logger, name, event_dict))
+        line = render(logger, name, redactor.mapping(event_dict, 0))
         return redactor.text(line) if isinstance(line, str) else line
 
     if not _inert(key.value):
