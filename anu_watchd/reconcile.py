@@ -48,16 +48,20 @@ STALE_TEMP_S = 60.0
 async def recover_markers(stages: Stages) -> Repair:
     """Start-up: remove our stale temp files and repair the projections after the watermark."""
     sp = stages.config.spool
-    # We hold the instance lock, so the writer of a marker or envelope temp (and of anything
-    # in the quarantine dir) is dead: those go at once, however young (a restart after a
-    # crash comes within seconds). Other temps get a minute's grace: `emit`, `ack` or
-    # `enable` may be writing one right now.
+    # We hold the instance lock, so the writer of a marker, envelope or watermark temp (and
+    # of anything in the quarantine dir) is dead: those go at once, however young (a restart
+    # after a crash comes within seconds). Other temps get a minute's grace: `emit`, `ack`
+    # or `enable` may be writing one right now.
+    def ours(name: str) -> bool:
+        return spool.is_own_temp(name) or watermark.is_temp_of(sp.ledger, name)
+
     removed = await durable(
-        fsio.remove_stale_temps,
-        sp.events_dir,
-        min_age_s=STALE_TEMP_S,
-        dead_writer=spool.is_own_temp,
+        fsio.remove_stale_temps, sp.events_dir, min_age_s=STALE_TEMP_S, dead_writer=ours
     )
+    if sp.ledger.parent != sp.events_dir:  # the watermark lives beside the ledger
+        removed += await durable(
+            fsio.remove_stale_temps, sp.ledger.parent, min_age_s=STALE_TEMP_S, dead_writer=ours
+        )
     if sp.quarantine_dir.is_dir():
         removed += await durable(fsio.remove_stale_temps, sp.quarantine_dir)
     if removed:

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from anu_watchd import fsio
+from anu_watchd import fsio, watermark
 from anu_watchd.reconcile import STALE_TEMP_S
 from tests.daemonproc import DaemonProc, wait_for
 from tests.reliability.harness import (
@@ -56,8 +56,9 @@ def _plant(path: Path, *, age_s: float = 0.0) -> Path:
 def test_a_clean_start_removes_the_daemons_own_temps_at_any_age_and_nothing_else(
     tmp_path: Path,
 ) -> None:
-    """Marker, envelope and quarantine temps go at once (their writer held the lock and is
-    dead); other processes' temps only after a minute; links, dirs and FIFOs stay."""
+    """Marker, envelope, watermark and quarantine temps go at once (their writer held the
+    lock and is dead); other processes' temps only after a minute; links, dirs and FIFOs
+    stay."""
     spool = Spool(tmp_path)
     ev, qdir = spool.events, spool.events / "quarantine"
     qdir.mkdir()
@@ -65,6 +66,7 @@ def test_a_clean_start_removes_the_daemons_own_temps_at_any_age_and_nothing_else
         _plant(ev / fsio.temp_name("task-1.pickup.done")),
         _plant(ev / fsio.temp_name("task-2.pickup.failed")),
         _plant(ev / fsio.temp_name("task-3.callback-envelope.json")),
+        _plant(ev / fsio.temp_name(watermark.path_for(ev / "callback_4tuple_index.jsonl").name)),
         _plant(qdir / fsio.temp_name("task-x.result.json.20260101T000000.000000Z.reason.json")),
         _plant(ev / fsio.temp_name("task-4.result.json"), age_s=STALE_TEMP_S + 60),
     ]
