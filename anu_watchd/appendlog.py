@@ -1,7 +1,7 @@
 """A JSON-lines append-only file with group commit: the ledger's and the evidence log's writer.
 
-One record is one line, ``json.dumps(record, separators=(",", ":"),
-ensure_ascii=False) + "\\n"`` in UTF-8. ``append`` returns once its line is
+One record is one line, ``compactjson.dumps(record) + b"\\n"``: compact
+JSON in UTF-8. ``append`` returns once its line is
 durable; a log opened ``synced=False`` (the evidence log) skips the fsync, so
 there "durable" means written: durable at the next sync of its filesystem or
 at close. Callers that arrive while a flush is running queue up, and the next
@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 import structlog
 
-from anu_watchd import fsio
+from anu_watchd import compactjson, fsio
 from anu_watchd.errors import DurabilityError, StatePathError
 
 _log = structlog.get_logger("anu_watchd.appendlog")
@@ -53,7 +53,7 @@ OnDurable = Callable[[int], None]
 def encode(record: dict[str, Any]) -> bytes:
     """One record as one UTF-8 line."""
     try:
-        return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        return compactjson.dumps(record) + b"\n"
     except UnicodeEncodeError:
         # A lone surrogate: a path from a file name that is not UTF-8 (a worker may create
         # one). Escaped as \udcXX it is still one valid, ASCII JSON line that round-trips.

@@ -66,6 +66,7 @@ from typing import Any
 
 import attrs
 
+from anu_watchd import compactjson
 from anu_watchd.errors import EnvelopeError
 from anu_watchd.model import TASK_ID_RE, Result, TaskStatus
 
@@ -506,7 +507,7 @@ def decode(data: bytes) -> Envelope:
 
 
 def _dump(env: Envelope) -> bytes:
-    return json.dumps(env, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return compactjson.dumps(env)
 
 
 def _fit_field(env: Envelope, field: str, *, tail: bool) -> Envelope:

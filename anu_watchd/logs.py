@@ -1,7 +1,8 @@
 """structlog configuration: once, from the command line, before anything logs.
 
-One JSON object per line on stdout (journald captures it), or human output
-for a terminal with ``format = "console"``. The processor chain, in order::
+One compact JSON object per line on stdout (journald captures it), ASCII
+(anything else escaped ``\\uXXXX``), or human output for a terminal with
+``format = "console"``. The processor chain, in order::
 
     merge_contextvars -> add_log_level -> TimeStamper(iso, UTC, "timestamp")
     -> StackInfoRenderer -> exceptions rendered (no local variables)
@@ -39,10 +40,11 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
@@ -66,6 +68,8 @@ PRIORITIES = {
     "fatal": 2,
 }
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+# A datetime or a dataclass in an event goes to ``default`` (its repr), as with the stdlib.
+_LOG_JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def configure(
@@ -170,7 +174,7 @@ def _render(fmt: str, key: SealedKey | None, *, colors: bool) -> list[Processor]
         return [
             structlog.processors.ExceptionRenderer(no_locals),
             # A search of the rendered line costs a microsecond, a walk of every event ~0.1 ms.
-            redacting_renderer(key, structlog.processors.JSONRenderer()),
+            redacting_renderer(key, structlog.processors.JSONRenderer(serializer=_json_line)),
         ]
     if fmt == "console":
         # Text tracebacks from the stdlib formatter carry no locals; rendering
@@ -183,6 +187,23 @@ def _render(fmt: str, key: SealedKey | None, *, colors: bool) -> list[Processor]
             structlog.dev.ConsoleRenderer(colors=colors),
         ]
     raise ConfigError("log.format", f"unknown format {fmt!r}")
+
+
+def _json_line(doc: Any, *, default: Callable[[Any], Any]) -> str:
+    """One event as one compact JSON line, ASCII: anything else escaped ``\\uXXXX``.
+
+    orjson writes a line in a tenth of the stdlib's time, and for the strings, numbers
+    and containers an event holds, the same line; but it has no ASCII mode, so a line
+    with a non-ASCII character, or a value orjson refuses (a lone surrogate from a file
+    name that is not UTF-8, a non-str key, an int past 64 bits), is the stdlib's.
+    """
+    try:
+        line = orjson.dumps(doc, default=default, option=_LOG_JSON_OPTIONS)
+        if line.isascii():
+            return line.decode("ascii")
+    except orjson.JSONEncodeError:
+        pass
+    return json.dumps(doc, default=default, separators=(",", ":"))
 
 
 def _colors(stream: TextIO, journal: bool) -> bool:

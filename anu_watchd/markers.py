@@ -11,14 +11,13 @@ missing, stale or foreign projection from the ledger entry. Their paths are
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from anu_watchd import envelope, fsio
+from anu_watchd import compactjson, envelope, fsio
 from anu_watchd.errors import EnvelopeError
 from anu_watchd.fsio import durable
 from anu_watchd.model import LedgerEntry, LedgerState, Verdict
@@ -56,7 +55,7 @@ def marker_doc(
 
 
 def encode_json(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return compactjson.dumps(doc) + b"\n"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -5,9 +5,9 @@ For demos, dry runs and benchmarks; it wakes nobody.
 
 from __future__ import annotations
 
-import json
 import logging
 
+import orjson
 import structlog
 
 _log = structlog.get_logger("anu_watchd.sinks.log")
@@ -19,7 +19,7 @@ class LogSink:
 
     async def register(self, envelope: bytes, *, idempotency_key: str) -> str:
         if _log.is_enabled_for(logging.INFO):  # no decode for a line nobody will see
-            doc = json.loads(envelope)
+            doc = orjson.loads(envelope)  # the daemon's own encoding: valid UTF-8 JSON
             # task_id at top level too: every line about a task carries it (docs/operations.md).
             task_id = doc.get("task_id") if isinstance(doc, dict) else None
             _log.info("wake_logged", task_id=task_id, envelope=doc, idempotency_key=idempotency_key)

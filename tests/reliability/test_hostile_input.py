@@ -192,7 +192,7 @@ class Campaign:
         bad = [
             line
             for line in self.d.log_text().splitlines()
-            if '"level": "error"' in line or '"level": "critical"' in line or "Traceback" in line
+            if _log_level(line) in ("error", "critical") or "Traceback" in line
         ]
         assert not bad, bad[:5]
         # One evidence line per run, whatever the name (docs/protocol.md): every quarantine.
@@ -383,3 +383,12 @@ def test_hostile_campaign_against_the_running_daemon(tmp_path: Path) -> None:
     finally:
         code = finish(c.d)
     assert code == 0, c.d.log_text()[-3000:]
+
+
+def _log_level(line: str) -> str | None:
+    """The level of one JSON log line; None for a line that is not one (a traceback's)."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    return doc.get("level") if isinstance(doc, dict) else None

@@ -317,3 +317,26 @@ def test_crashed_before_configuration_is_one_critical_line(tmp_path: Path) -> No
         "unexpected_exception",
         "FileExistsError",
     )
+
+
+def test_json_lines_are_compact_ascii_with_non_ascii_escaped() -> None:
+    """Hangul, a lone surrogate from a non-UTF-8 file name and U+2028 come out as \\uXXXX."""
+    out = setup()
+    log = logs.get_logger()
+    log.info("plain", path="/srv/events/task-1.result.json", n=3)
+    log.info("hangul", summary="작업 완료\u2028", path="/srv/events/task-\udcff.result.json")
+    text = out.getvalue()
+    assert text.isascii()
+    plain, hangul = text.splitlines()
+    assert plain.startswith('{"path":"/srv/events/task-1.result.json","n":3,"event":"plain"')
+    assert "\\uc791" in hangul and "\\udcff" in hangul and "\\u2028" in hangul
+    assert json.loads(hangul)["summary"] == "작업 완료\u2028"
+
+
+def test_json_lines_render_datetimes_and_objects_by_repr() -> None:
+    """What the stdlib encoder does not know is its repr, as it always was."""
+    out = setup()
+    when = datetime(2026, 12, 5, tzinfo=UTC)
+    logs.get_logger().info("odd_values", when=when, err=OSError(2))
+    (line,) = json_lines(out.getvalue())
+    assert line["when"] == repr(when) and line["err"] == repr(OSError(2))
