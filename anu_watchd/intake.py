@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import os
 import stat
 import struct
+import termios
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -157,6 +159,8 @@ class Intake:
         self.overflows = 0
         self._inotify: Inotify | None = None
         self._reading: asyncio.AbstractEventLoop | None = None  # where our reader is registered
+        self._waiter: asyncio.Future[None] | None = None  # events() waiting for the descriptor
+        self._ready = False  # seen readable while nobody waited: read before waiting again
         self._flag_here = flag.parent == events_dir  # the flag lives in the events directory
 
     def arm(self) -> None:
@@ -192,16 +196,9 @@ class Intake:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                # Registered only while waiting, as asyncinotify does: while the queue is
-                # full the descriptor stays readable, and a reader left registered would
-                # make every loop iteration return at once from epoll, spinning.
-                waiter: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(fd, _wake, waiter)
-                self._reading = loop
-                try:
-                    await waiter
-                finally:
-                    self._stop_reading()
+                if not self._ready:
+                    await self._readable(loop, fd)
+                self._ready = False
                 try:
                     data = os.read(fd, READ_BYTES)
                 except BlockingIOError:
@@ -212,6 +209,37 @@ class Intake:
                         return
         finally:
             self._stop_reading()
+
+    async def _readable(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        """Wait until the descriptor is readable.
+
+        The reader stays registered from one wait to the next (two epoll_ctl calls a
+        wake-up fewer, at a steady rate most of intake's system calls). But not while
+        nobody waits with events unread: with the daemon's queue full the descriptor
+        stays readable, and a reader left there would make every loop iteration return
+        from epoll at once, spinning. So a callback that finds nobody waiting asks the
+        kernel whether anything is unread: nothing (the usual case: epoll saw the
+        readiness that the task then read before this callback ran), and the reader
+        stays; something, and it is unregistered until the next wait, which reads first.
+        """
+        self._waiter = loop.create_future()
+        if self._reading is None:
+            loop.add_reader(fd, self._on_readable)
+            self._reading = loop
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+            return
+        if self._inotify is None or not _unread_bytes(self._inotify.fd):
+            return
+        self._ready = True
+        self._stop_reading()
 
     def _stop_reading(self) -> None:
         if self._reading is not None and self._inotify is not None:
@@ -269,9 +297,13 @@ class Intake:
         return IntakeEvent(Kind.FLAG, self.flag) if name == self.flag.name else None
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _unread_bytes(fd: int) -> int:
+    """How many bytes of events the inotify descriptor holds (FIONREAD); 1 if it cannot say."""
+    try:
+        (count,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))
+    except OSError:
+        return 1  # unknown: the safe answer is "something", which stops the reader
+    return int(count)
 
 
 def _mask_names(mask: int) -> str:
