@@ -544,7 +544,9 @@ class Ledger:
 
     async def _open_log(self) -> AppendLog:
         try:
-            return await asyncio.to_thread(AppendLog.open, self.path, fail_stop=self._fail_stop)
+            return await asyncio.to_thread(
+                AppendLog.open, self.path, fail_stop=self._fail_stop, thread_name="anu-ledger"
+            )
         except DurabilityError as exc:
             self._broken = exc
             raise

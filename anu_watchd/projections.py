@@ -16,6 +16,10 @@ its projection durable; that offset is written to ``watermark.path_for``
 with the next batch (the next sync makes it durable too), and start-up
 repair reads only the ledger after it.
 
+Batches run in the writer's own thread (:mod:`~anu_watchd.writerthread`),
+whose callback on the loop settles the batch's callers and hands it the next
+batch: a batch costs the event loop two iterations.
+
 A failed batch fails every caller in it with ``DurabilityError``, and every
 later write too: the daemon stops (docs/durability.md); nothing retries, a
 failed sync is never repeated. After a fatal error elsewhere, ``halt`` stops
@@ -25,6 +29,7 @@ a batch already in its thread before its next file or sync.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import threading
@@ -35,6 +40,7 @@ import structlog
 
 from anu_watchd import fsio, watermark
 from anu_watchd.errors import DurabilityError
+from anu_watchd.writerthread import WriterThread
 
 _log = structlog.get_logger("anu_watchd.projections")
 
@@ -52,7 +58,9 @@ class ProjectionWriter:
         ledger_end: Callable[[], int] | None = None,
     ) -> None:
         self._pending: list[_Job] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._inflight = False  # a batch is in the writer thread
+        self._idle: list[asyncio.Future[None]] = []  # aclose, waiting for no batch in flight
+        self._writer = WriterThread("anu-projections")
         self._failure: DurabilityError | None = None
         self._halted_for: BaseException | None = None  # halt(): a fatal error seen elsewhere
         # Read by the writer thread before each file and sync; shared with the append logs
@@ -87,8 +95,8 @@ class ProjectionWriter:
             raise self._failure
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((writes, remove, done, debt))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop(), name="projection-writer")
+        if not self._inflight:
+            self._flush_next()
         await done
 
     @property
@@ -98,18 +106,27 @@ class ProjectionWriter:
 
     async def aclose(self) -> None:
         """Wait for the batches in flight, then make the final watermark durable."""
-        while self._flusher is not None:
-            await asyncio.wait([self._flusher])
-        if self._failure is None and not self._halted.is_set() and self._ledger_end is not None:
-            mark = self._watermark_now()
-            if mark == self._written_mark:
-                return
-            # A clean close: every debt paid (runs are over), so the mark is the ledger's end.
-            try:
-                await asyncio.to_thread(self._sync_mark, mark)
-            except OSError as exc:  # the fail-stop flag makes the close fatal (runtime)
-                self._halted.set()
-                _log.error("projection_write_failed", error=str(exc), files=1)
+        while self._inflight:
+            idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.append(idle)
+            await idle
+        try:
+            await self._final_mark()
+        finally:
+            self._writer.stop()  # nothing is queued: returns at once
+
+    async def _final_mark(self) -> None:
+        if self._failure is not None or self._halted.is_set() or self._ledger_end is None:
+            return
+        mark = self._watermark_now()
+        if mark == self._written_mark:
+            return
+        # A clean close: every debt paid (runs are over), so the mark is the ledger's end.
+        try:
+            await self._writer.submit(self._sync_mark, mark)
+        except OSError as exc:  # the fail-stop flag makes the close fatal (runtime)
+            self._halted.set()
+            _log.error("projection_write_failed", error=str(exc), files=1)
 
     def halt(self, cause: BaseException) -> None:
         """Fail-stop after a fatal error elsewhere: write nothing more, fail what is queued."""
@@ -122,46 +139,56 @@ class ProjectionWriter:
             if not done.done():
                 done.set_exception(self._failure)
 
-    async def _flush_loop(self) -> None:
-        try:
-            while self._pending and self._failure is None:
-                batch, self._pending = self._pending, []
-                await self._flush(batch)
-            for _, _, done, _ in self._pending:
-                if self._failure is not None and not done.done():
-                    done.set_exception(self._failure)
-            if self._failure is not None:
-                self._pending.clear()
-        finally:
-            self._flusher = None
-
-    async def _flush(self, batch: list[_Job]) -> None:
+    def _flush_next(self) -> None:
+        """Hand every queued run's files to the writer thread as one batch."""
+        batch, self._pending = self._pending, []
         writes = [w for ws, _, _, _ in batch for w in ws]
         remove = [r for _, rs, _, _ in batch for r in rs]
         # The ledger's end as this batch starts: every debt owed before now is in this
         # batch or still open, so after the sync the watermark may move up to here.
         end = self._ledger_end() if self._ledger_end is not None else 0
         mark = self._mark if self._mark != self._written_mark else None
+        self._inflight = True
+        then = functools.partial(self._flushed, batch, len(writes), end, mark)
         try:
-            await asyncio.to_thread(self._write, writes, remove, mark)
-        except BaseException as exc:
-            if isinstance(exc, Exception):  # its callers may be gone: say it here, once
-                _log.error("projection_write_failed", error=str(exc), files=len(writes))
+            self._writer.call(self._write, (writes, remove, mark), then)
+        except BaseException as exc:  # no thread to write with: fail the batch, as a write would
+            then(None, exc)
+
+    def _flushed(
+        self,
+        batch: list[_Job],
+        files: int,
+        end: int,
+        mark: int | None,
+        _r: None,
+        exc: BaseException | None,
+    ) -> None:
+        """On the loop, after a batch: settle its runs, then start the next batch."""
+        self._inflight = False
+        if exc is not None:
+            _log.error("projection_write_failed", error=str(exc), files=files)
             self._failure = self._failure or _fatal(exc)
-            for _, _, done, _ in batch:
+            for _, _, done, _ in batch + self._pending:
                 if not done.done():
                     done.set_exception(self._failure)
-            if not isinstance(exc, Exception):
-                raise  # cancellation: the daemon is halting
-            return
-        if mark is not None:
-            self._written_mark = mark
-        for _, _, done, debt in batch:
-            if debt is not None:
-                self._debts.pop(debt, None)
-            if not done.done():  # a cancelled run (halt) no longer waits
-                done.set_result(None)
-        self._mark = max(self._mark, min([end, *self._debts.values()]))
+            self._pending.clear()
+        else:
+            if mark is not None:
+                self._written_mark = mark
+            for _, _, done, debt in batch:
+                if debt is not None:
+                    self._debts.pop(debt, None)
+                if not done.done():  # a cancelled run (halt) no longer waits
+                    done.set_result(None)
+            self._mark = max(self._mark, min([end, *self._debts.values()]))
+            if self._pending and self._failure is None:
+                self._flush_next()
+                return
+        idle, self._idle = self._idle, []
+        for waiter in idle:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _watermark_now(self) -> int:
         assert self._ledger_end is not None

@@ -69,7 +69,9 @@ async def open_pipeline(
     fail_stop = threading.Event()
     ledger = Ledger.open(config.spool.ledger, fail_stop=fail_stop)
     # Not fsynced a line: made durable by the projection batches' syncfs (docs/durability.md).
-    evidence = AppendLog.open(config.spool.evidence_log, fail_stop=fail_stop, synced=False)
+    evidence = AppendLog.open(
+        config.spool.evidence_log, fail_stop=fail_stop, synced=False, thread_name="anu-evidence"
+    )
     metrics = metrics or Metrics()
     sink = metrics.metered(build_sink(config, key), config.wake.sink)
     projections = ProjectionWriter(

@@ -7,10 +7,16 @@ future chained to an asyncio one); a thread of the writer's own, fed by a
 ``queue.SimpleQueue`` and answering with one ``call_soon_threadsafe``, ~40 us
 (bench/PROFILE.md, section 9).
 
-``submit(fn, *args)`` returns a loop future for ``fn(*args)``: its result or
-its exception, whatever it is, so no waiter hangs. Jobs run one at a time in
-submit order. Cancelling the future does not stop a job already queued or
-running: an owner that must see the job end keeps the future (shielded).
+``call(fn, args, then)`` runs ``fn(*args)`` in the thread and ``then(result,
+exc)`` on the loop, with one ``call_soon_threadsafe`` and no future: the
+append logs and the projection writer settle their callers from ``then``, so a
+hop costs the event loop two iterations (that callback, the callers' wake-up)
+instead of the eight that a flush task awaiting ``asyncio.to_thread`` through
+``asyncio.shield`` took (bench/PROFILE.md, section 10). ``submit(fn, *args)``
+is the same with a loop future for the outcome. Either way the outcome is
+delivered whatever it is (a result, any exception), so no waiter hangs. Jobs
+run one at a time in submission order. Cancelling a future does not stop a
+job already queued or running.
 The thread starts at the first submit, is a daemon thread (a crash path never
 hangs interpreter exit) and is named, so ``py-spy dump`` and thread lists show
 whose it is. It ends at ``stop``, once the jobs before it are done (a later
@@ -22,6 +28,7 @@ hear of it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 import weakref
@@ -30,7 +37,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+# What the loop is handed: the job's result, or the exception it raised.
+Then = Callable[[Any, "BaseException | None"], None]
+_Job = tuple[asyncio.AbstractEventLoop, Then, Callable[..., Any], tuple[Any, ...]]
 
 
 class WriterThread:
@@ -42,12 +51,16 @@ class WriterThread:
         self._thread: threading.Thread | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], then: Then) -> None:
+        """Queue ``fn(*args)`` for the thread; ``then(result, exc)`` runs on the running loop."""
+        loop = asyncio.get_running_loop()
+        jobs = self._jobs if self._jobs is not None else self._start()
+        jobs.put((loop, then, fn, args))
+
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue ``fn(*args)`` for the thread; a future of the running loop for its outcome."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        jobs = self._jobs if self._jobs is not None else self._start()
-        jobs.put((loop, future, fn, args))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.call(fn, args, functools.partial(_settle, future))
         return future
 
     def stop(self) -> None:
@@ -80,27 +93,21 @@ def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
 
 
 def _run(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[Any],
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
+    loop: asyncio.AbstractEventLoop, then: Then, fn: Callable[..., Any], args: tuple[Any, ...]
 ) -> None:
     try:
         result = fn(*args)
-    except BaseException as exc:  # whatever it is, the waiter hears of it
-        _hand_back(loop, future, None, exc)
+    except BaseException as exc:  # whatever it is, the owner hears of it
+        _hand_back(loop, then, None, exc)
     else:
-        _hand_back(loop, future, result, None)
+        _hand_back(loop, then, result, None)
 
 
 def _hand_back(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[Any],
-    result: Any,
-    exc: BaseException | None,
+    loop: asyncio.AbstractEventLoop, then: Then, result: Any, exc: BaseException | None
 ) -> None:
     try:
-        loop.call_soon_threadsafe(_settle, future, result, exc)
+        loop.call_soon_threadsafe(then, result, exc)
     except RuntimeError:
         if not loop.is_closed():
             raise
