@@ -16,6 +16,10 @@ within a run.
         [--creds-file nats.creds] [--stream ANU_WAKES] [--durable collector] [--once]
 
 ``--once`` stops after the stream has been idle for ``--idle-s`` seconds.
+While the cluster elects a new leader for the stream or the consumer (a node
+restarted), JetStream answers a fetch with 503: the messages are still there,
+so this waits (0.1 s, doubling to 2 s) and fetches again, and gives up with
+the error only after ``unavailable_s`` seconds of nothing else.
 Needs only nats-py (``pip install nats-py``).
 """
 
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 
 
 def verify(key: bytes, headers: dict[str, str] | None, body: bytes) -> bool:
@@ -65,12 +70,15 @@ async def consume(
     batch: int = 256,
     idle_s: float = 2.0,
     once: bool = False,
+    unavailable_s: float = 60.0,
 ) -> int:
     """Fetch, verify, hand over and ack until idle (``once``) or cancelled; return the count."""
     js = nc.jetstream()
     sub = await js.pull_subscribe(filter_subject, durable=durable, stream=stream)
     seen: set[str] = set()
     count = 0
+    loop = asyncio.get_running_loop()
+    unavailable_since, delay = None, 0.1
     while True:
         try:
             msgs = await sub.fetch(batch, timeout=idle_s)
@@ -78,6 +86,14 @@ async def consume(
             if once:
                 return count
             continue
+        except nats.js.errors.ServiceUnavailableError:
+            unavailable_since = unavailable_since or loop.time()
+            if loop.time() - unavailable_since > unavailable_s:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+            continue
+        unavailable_since, delay = None, 0.1
         for msg in msgs:
             headers = dict(msg.headers or {})
             if not verify(key, headers, msg.data):
