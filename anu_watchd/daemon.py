@@ -50,7 +50,7 @@ from anu_watchd.reload import reload_status_path
 from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebuilt
 from anu_watchd.secret import SealedKey, load_key
 from anu_watchd.settling import Settling
-from anu_watchd.sinks import Sink, rebuild_sink
+from anu_watchd.sinks import Sink, rebuild_sink, spawn
 from anu_watchd.spool import is_enabled
 from anu_watchd.stages import Stages, close_when_idle
 from anu_watchd.status import failed_now
@@ -595,6 +595,11 @@ def run_daemon(config_path: Path) -> int:
 
 
 def _exit_now(code: int) -> None:
-    """Leave the process at once: no drain, no flush but stdout's, no interpreter teardown."""
+    """Leave the process at once: no drain, no flush but stdout's, no interpreter teardown.
+
+    What it started goes with it: a hung handler left running could still wake the
+    collector after a restart has fired the same wake again.
+    """
+    spawn.kill_every_group()
     sys.stdout.flush()
     os._exit(code)

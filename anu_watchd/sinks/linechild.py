@@ -32,6 +32,8 @@ import threading
 from collections.abc import Sequence
 from typing import IO
 
+from anu_watchd.sinks import spawn
+
 _READ_SIZE = 64 * 1024
 STDERR_TAIL = 8 * 1024
 
@@ -80,6 +82,7 @@ class LineChild:
             close_fds=True,
             start_new_session=True,  # a group leader: killpg(pid) reaches what it starts
         )
+        spawn.started(proc.pid)
         return cls(proc, line_limit=line_limit)
 
     @property
@@ -230,6 +233,7 @@ class LineChild:
             # other threads ran on; waitid waits for the whole process without blocking us.
             self._wait_in_thread()
             return
+        spawn.reaped(self._proc.pid)
         self._reaped.set_result(returncode)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)

@@ -64,6 +64,28 @@ _GRACE_READS = 16  # reads per output at the end of the grace: a flood cannot ke
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+# The children started and not yet reaped, by pid, which is also their process group's id
+# (and cannot be reused before the reaping): a second stop signal kills every group
+# before the process leaves at once (``kill_every_group``), so a hung handler does not
+# outlive the daemon that started it.
+_UNREAPED: set[int] = set()
+
+
+def kill_every_group() -> None:
+    """SIGKILL the process group of every child not yet reaped (the daemon is leaving now)."""
+    for pgid in list(_UNREAPED):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def started(pid: int) -> None:
+    _UNREAPED.add(pid)
+
+
+def reaped(pid: int) -> None:
+    _UNREAPED.discard(pid)
+
+
 def clean_env() -> dict[str, str]:
     """A fresh copy of the clean environment a child starts from."""
     return {"PATH": CHILD_PATH, "LANG": "C.UTF-8"}
@@ -148,6 +170,7 @@ class Child:
             for fd in opened:
                 os.close(fd)
             raise
+        started(proc.pid)
         for fd in (in_r, out_w, err_w):
             if fd in opened:
                 _close(opened, fd)
@@ -285,6 +308,7 @@ class Child:
         self._reaped(returncode if returncode is not None else self._proc.wait())
 
     def _reaped(self, returncode: int) -> None:
+        reaped(self._proc.pid)
         self._returncode = returncode
         self._close_io()
         self._close_pidfd()

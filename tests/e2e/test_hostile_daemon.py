@@ -11,7 +11,7 @@ import pytest
 
 from tests.daemonproc import DaemonProc, wait_for
 from tests.integration.test_wake import Recorders, exec_wake
-from tests.sinkhelpers import set_sink_behaviour
+from tests.sinkhelpers import SCRIPT_FILE, set_sink_behaviour
 from tests.spool import Spool, valid_doc
 
 
@@ -90,13 +90,29 @@ def test_an_ack_for_an_in_flight_task_does_not_stall_intake(spool: Spool) -> Non
 
 def test_a_second_sigterm_during_a_hung_drain_exits_75_at_once(spool: Spool) -> None:
     """SIGTERM starts a drain that a hung sink would hold for drain_timeout_s (60 s); a
-    second SIGTERM ends the process at once with 75."""
+    second SIGTERM ends the process at once with 75, and the hung sink command with it."""
     _, d = _hung_wake(spool, drain_timeout_s=60.0)
     try:
+        (hung,) = _sink_commands_running(spool.root)
         d.signal(signal.SIGTERM)
         d.wait_event("stopping")
         d.signal(signal.SIGTERM)
         assert d.wait_exit(timeout=10) == 75
         assert d.events("second_signal_exit_now")
+        wait_for(lambda: hung not in _sink_commands_running(spool.root), 10, "the sink killed")
     finally:
         d.stop()
+
+
+def _sink_commands_running(under: Path) -> list[int]:
+    """Live recording sink commands (zombies aside) started for the spool at ``under``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if os.fsencode(under / "sink" / SCRIPT_FILE) in cmdline and state != "Z":
+            found.append(int(pid))
+    return found

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from anu_watchd.sinks import spawn
 from anu_watchd.sinks.linechild import STDERR_TAIL, ChildGone, LineChild
 from tests.coprochelpers import pid_alive, wait_gone
 
@@ -77,3 +78,23 @@ async def test_a_missing_program_raises_oserror() -> None:
     """A program that cannot be run is an OSError at start, with no child left."""
     with pytest.raises(OSError):
         LineChild.start(["/nonexistent/handler"], ENV)
+
+
+async def test_kill_every_group_ends_a_running_child_and_forgets_it_once_reaped(
+    tmp_path: Path,
+) -> None:
+    """A second stop signal's last act: every co-process and what it started, SIGKILLed."""
+    code = (
+        "import subprocess, sys, time\n"
+        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(tmp_path / 'kid')!r}, 'w').write(str(kid.pid))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    child = LineChild.start(python(code), ENV)
+    assert await child.ask(b"go\n") == b"ready"
+    assert child.pid in spawn._UNREAPED
+    spawn.kill_every_group()
+    assert await child.close(grace_s=5.0) == -9
+    wait_gone([int((tmp_path / "kid").read_text())], "the grandchild", timeout=5.0)
+    assert child.pid not in spawn._UNREAPED
