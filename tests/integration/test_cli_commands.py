@@ -271,7 +271,12 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(
 ) -> None:
     """A bug (here an injected RuntimeError under ``status``) is one line naming the
     exception's type and message, and exit 70: never a traceback and Python's exit 1."""
+    import structlog
+
     from anu_watchd import cli, commands
+
+    # A `status` process has configured no logging: earlier in-process tests may have.
+    structlog.reset_defaults()
 
     def broken(_config: object) -> dict[str, object]:
         raise RuntimeError("injected fault")
