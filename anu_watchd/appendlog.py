@@ -43,7 +43,7 @@ import structlog
 
 from anu_watchd import compactjson, fsio
 from anu_watchd.errors import DurabilityError, StatePathError
-from anu_watchd.writerthread import WriterThread
+from anu_watchd.writerthread import Idle, WriterThread
 
 _log = structlog.get_logger("anu_watchd.appendlog")
 
@@ -110,7 +110,7 @@ class AppendLog:
         self._end = size  # offset of the next line: single writer, O_APPEND
         self._pending: list[_Pending] = []
         self._inflight: list[_Pending] | None = None  # the batch in the writer thread
-        self._idle: list[asyncio.Future[None]] = []  # aclose, waiting for no batch in flight
+        self._idle = Idle()  # aclose, waiting for no batch in flight
         self._writer = WriterThread(thread_name)
         self._cause: BaseException | None = None  # set once: the log is poisoned
         self._closed = False
@@ -182,9 +182,7 @@ class AppendLog:
             return
         self._closed = True  # no new appends from here on
         while self._inflight is not None:  # queued lines go in the batches that follow it
-            idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._idle.append(idle)
-            await idle
+            await self._idle.wait()
         if not self._synced and self._cause is None and not self._fail_stop.is_set():
             try:
                 await self._writer.submit(fsio.fsync, self._fd)
@@ -231,10 +229,7 @@ class AppendLog:
             if self._pending and self._cause is None:
                 self._flush_next()
                 return
-        idle, self._idle = self._idle, []
-        for waiter in idle:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._idle.wake()
 
     def _write_durably(self, data: bytes) -> None:
         fsio.check_halted(self._fail_stop)

@@ -40,7 +40,7 @@ import structlog
 
 from anu_watchd import fsio, watermark
 from anu_watchd.errors import DurabilityError
-from anu_watchd.writerthread import WriterThread
+from anu_watchd.writerthread import Idle, WriterThread
 
 _log = structlog.get_logger("anu_watchd.projections")
 
@@ -59,7 +59,7 @@ class ProjectionWriter:
     ) -> None:
         self._pending: list[_Job] = []
         self._inflight = False  # a batch is in the writer thread
-        self._idle: list[asyncio.Future[None]] = []  # aclose, waiting for no batch in flight
+        self._idle = Idle()  # aclose, waiting for no batch in flight
         self._writer = WriterThread("anu-projections")
         self._failure: DurabilityError | None = None
         self._halted_for: BaseException | None = None  # halt(): a fatal error seen elsewhere
@@ -107,9 +107,7 @@ class ProjectionWriter:
     async def aclose(self) -> None:
         """Wait for the batches in flight, then make the final watermark durable."""
         while self._inflight:
-            idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._idle.append(idle)
-            await idle
+            await self._idle.wait()
         try:
             await self._final_mark()
         finally:
@@ -185,10 +183,7 @@ class ProjectionWriter:
             if self._pending and self._failure is None:
                 self._flush_next()
                 return
-        idle, self._idle = self._idle, []
-        for waiter in idle:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._idle.wake()
 
     def _watermark_now(self) -> int:
         assert self._ledger_end is not None

@@ -18,6 +18,17 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def with_a_child(tmp_path: Path, then: str = "") -> str:
+    """A child that starts a grandchild (its pid in ``tmp_path/kid``), says ready on the first
+    line, runs ``then`` and sleeps."""
+    return (
+        "import subprocess, sys, time\n"
+        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(tmp_path / 'kid')!r}, 'w').write(str(kid.pid))\n"
+        "print('ready', flush=True)\n" + then + "time.sleep(600)\n"
+    )
+
+
 ECHO = "import sys\nfor line in sys.stdin:\n    print('got ' + line.strip(), flush=True)\n"
 
 
@@ -34,15 +45,7 @@ async def test_a_child_that_ignores_eof_is_killed_with_its_group_after_the_grace
     tmp_path: Path,
 ) -> None:
     """A child that stays after EOF, and a grandchild it started, are both SIGKILLed."""
-    code = (
-        "import subprocess, sys, time\n"
-        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        f"open({str(tmp_path / 'kid')!r}, 'w').write(str(kid.pid))\n"
-        "print('ready', flush=True)\n"
-        "sys.stdin.read()\n"
-        "time.sleep(600)\n"
-    )
-    child = LineChild.start(python(code), ENV)
+    child = LineChild.start(python(with_a_child(tmp_path, then="sys.stdin.read()\n")), ENV)
     assert await child.ask(b"go\n") == b"ready"
     assert await child.close(grace_s=0.2) == -9
     wait_gone([int((tmp_path / "kid").read_text())], "the grandchild", timeout=5.0)
@@ -84,14 +87,7 @@ async def test_kill_every_group_ends_a_running_child_and_forgets_it_once_reaped(
     tmp_path: Path,
 ) -> None:
     """A second stop signal's last act: every co-process and what it started, SIGKILLed."""
-    code = (
-        "import subprocess, sys, time\n"
-        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        f"open({str(tmp_path / 'kid')!r}, 'w').write(str(kid.pid))\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    child = LineChild.start(python(code), ENV)
+    child = LineChild.start(python(with_a_child(tmp_path)), ENV)
     assert await child.ask(b"go\n") == b"ready"
     assert child.pid in spawn._UNREAPED
     spawn.kill_every_group()
