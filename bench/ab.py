@@ -13,7 +13,8 @@ mass deletion slows file creation nearby, see ``bench/run.py``). It reports, per
 from the first rename to the last wake, the daemon's CPU (user +
 system, all threads, from /proc) per file, and the handlers' CPU per file
 (the exec sink's: reaped per-wake commands, or the co-processes), with the
-load average next to it: the machine may be shared.
+load average next to it: the machine may be shared. ``--paced`` reports the
+latency percentiles and the same two CPU figures, over the paced 10 s.
 
 ``--metrics-ab`` alternates rounds with metrics off and on (``[metrics]`` with
 both ``listen`` on 127.0.0.1 and a ``textfile``, and a scraper fetching
@@ -36,6 +37,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import attrs
 
 from bench import floor, produce, systems
 
@@ -75,21 +78,35 @@ def one_round(
     return n / wall, cpu / n * 1000.0, handler / n * 1000.0
 
 
+@attrs.frozen
+class Paced:
+    p50: float
+    p90: float
+    p99: float
+    cpu_ms: float  # the daemon's CPU a file, its own threads and the kernel's work for them
+    handler_ms: float  # the handlers' CPU a file (exec sink; co-processes included)
+
+
 def paced_round(
     root: Path, sink: str, rate: float, seconds: float, concurrency: int | None, process: bool
-) -> tuple[float, float, float]:
-    """Publish at ``rate`` files/s; p50/p90/p99 rename -> wake-start latency in ms."""
+) -> Paced:
+    """Publish at ``rate`` files/s: rename -> wake-start latency percentiles, CPU a file."""
     daemon = systems.AnuDaemon(sink, concurrency=concurrency, process=process)
     daemon.start(root)
     ids = produce.task_ids("pc", int(rate * seconds))
+    cpu0, handler0 = systems.proc_cpu_ticks(daemon.proc.pid), daemon.handler_cpu_ticks()
     renamed = dict(zip(ids, produce.paced(daemon.events_dir, ids, rate), strict=True))
     deadline = time.monotonic() + 120
     while daemon.progress() < len(ids) and time.monotonic() < deadline:
         time.sleep(0.02)
+    cpu = (systems.proc_cpu_ticks(daemon.proc.pid) - cpu0) * TICK_S
+    handler = (daemon.handler_cpu_ticks() - handler0) * TICK_S
     lat = sorted((ns - renamed[t]) / 1e6 for t, ns in daemon.stop().wakes if t in renamed)
     if len(lat) != len(ids):
         raise SystemExit(f"ab: {len(lat)} wakes for {len(ids)} files")
-    return tuple(lat[min(len(lat) - 1, int(q * len(lat)))] for q in (0.5, 0.9, 0.99))  # type: ignore[return-value]
+    p50, p90, p99 = (lat[min(len(lat) - 1, int(q * len(lat)))] for q in (0.5, 0.9, 0.99))
+    n = len(ids)
+    return Paced(p50, p90, p99, cpu / n * 1000.0, handler / n * 1000.0)
 
 
 def _free_port() -> int:
@@ -177,10 +194,14 @@ def main() -> None:
     for i in range(args.rounds):
         load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
         if args.paced:
-            p50, p90, p99 = paced_round(
+            r = paced_round(
                 work / f"r{i}", args.sink, args.paced, 10.0, args.concurrency, args.process
             )
-            print(f"{name} {args.paced:.0f}/s: p50 {p50:.1f} p90 {p90:.1f} p99 {p99:.1f} ms", load)
+            print(
+                f"{name} {args.paced:.0f}/s: p50 {r.p50:.1f} p90 {r.p90:.1f} p99 {r.p99:.1f} ms, "
+                f"{r.cpu_ms:.2f} ms daemon CPU/file, {r.handler_ms:.2f} ms handler CPU/file",
+                load,
+            )
             continue
         rate, cpu_ms, handler_ms = one_round(
             work / f"r{i}", args.sink, args.files, args.concurrency, args.process
