@@ -98,9 +98,9 @@ class AppendLog:
         # written; the evidence log's lines are observability, not state (the ledger
         # decides), and a crash of the process loses none of them, only a power cut the
         # last few. They become durable with the next projection batch's syncfs and at
-        # close. Still written in the writer thread: on the loop, 32 writes a batch instead
-        # of one cost more than the hop (bench/PROFILE.md, section 9), and a write can wait
-        # on the filesystem's journal while the ledger's fsync commits it.
+        # close. Still written in the writer thread: on the loop, a write a line cost more
+        # than the hop in a burst and one write an iteration bought nothing (bench/PROFILE.md,
+        # sections 9 and 10), and a write there can wait on the filesystem's journal.
         self._synced = synced
         # Shared by every durable writer of one daemon (ledger, evidence, projections): the
         # first writer thread whose write or fsync fails sets it, and the others stop before

@@ -18,11 +18,13 @@ before.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-# Types orjson serializes natively but the stdlib does not: left to the stdlib's TypeError.
+# Types orjson serializes natively but the stdlib does not: left to the stdlib's TypeError
+# (or to the caller's ``default``, as the stdlib would hand them).
 _STDLIB_LIKE = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
@@ -32,3 +34,19 @@ def dumps(doc: Any) -> bytes:
         return orjson.dumps(doc, option=_STDLIB_LIKE)
     except orjson.JSONEncodeError:
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def dumps_ascii(doc: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
+    """``json.dumps(doc, separators=(",", ":"), default=default)``: compact, ASCII, anything
+    else escaped ``\\uXXXX`` (the log lines, the bytes an idempotency key hashes).
+
+    orjson has no ASCII mode, but whenever its bytes are ASCII they are the stdlib's; a
+    document with a non-ASCII character, or one orjson refuses, is the stdlib's.
+    """
+    try:
+        out = orjson.dumps(doc, default=default, option=_STDLIB_LIKE)
+        if out.isascii():
+            return out
+    except orjson.JSONEncodeError:
+        pass
+    return json.dumps(doc, default=default, separators=(",", ":")).encode("ascii")

@@ -48,6 +48,7 @@ from anu_watchd.errors import (
 from anu_watchd.model import QuarantineReason
 
 TMP_PREFIX = ".tmp-"
+_TEMP_TOKEN_BYTES = 6  # a temp's random suffix: 12 hex digits
 NAME_MAX = 255
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -144,9 +145,20 @@ def is_temp_name(name: str) -> bool:
 
 def temp_name(final: str) -> str:
     """A fresh temp name for ``final``, clipped so it never exceeds NAME_MAX."""
-    suffix = "." + secrets.token_hex(6)
+    suffix = "." + secrets.token_hex(_TEMP_TOKEN_BYTES)
     room = NAME_MAX - len(TMP_PREFIX) - len(suffix)
     return TMP_PREFIX + os.fsdecode(os.fsencode(final)[:room]) + suffix
+
+
+def is_temp_of(name: str, final: str) -> bool:
+    """``name`` is one that ``temp_name(final)`` makes (``final`` short enough not to clip)."""
+    stem, dot, token = name.rpartition(".")
+    return (
+        dot == "."
+        and stem == TMP_PREFIX + final
+        and len(token) == 2 * _TEMP_TOKEN_BYTES
+        and all(c in "0123456789abcdef" for c in token)
+    )
 
 
 def atomic_write(path: Path, data: bytes | bytearray, *, mode: int = 0o644) -> None:

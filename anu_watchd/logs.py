@@ -44,11 +44,11 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
 
+from anu_watchd import compactjson
 from anu_watchd.errors import ConfigError
 from anu_watchd.secret import SealedKey, redact_processor, redacting_renderer
 from anu_watchd.terminal import console_processor
@@ -68,8 +68,6 @@ PRIORITIES = {
     "fatal": 2,
 }
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-# A datetime or a dataclass in an event goes to ``default`` (its repr), as with the stdlib.
-_LOG_JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def configure(
@@ -190,20 +188,8 @@ def _render(fmt: str, key: SealedKey | None, *, colors: bool) -> list[Processor]
 
 
 def _json_line(doc: Any, *, default: Callable[[Any], Any]) -> str:
-    """One event as one compact JSON line, ASCII: anything else escaped ``\\uXXXX``.
-
-    orjson writes a line in a tenth of the stdlib's time, and for the strings, numbers
-    and containers an event holds, the same line; but it has no ASCII mode, so a line
-    with a non-ASCII character, or a value orjson refuses (a lone surrogate from a file
-    name that is not UTF-8, a non-str key, an int past 64 bits), is the stdlib's.
-    """
-    try:
-        line = orjson.dumps(doc, default=default, option=_LOG_JSON_OPTIONS)
-        if line.isascii():
-            return line.decode("ascii")
-    except orjson.JSONEncodeError:
-        pass
-    return json.dumps(doc, default=default, separators=(",", ":"))
+    """One event as one compact JSON line, ASCII (structlog's ``default`` for the rest)."""
+    return compactjson.dumps_ascii(doc, default=default).decode("ascii")
 
 
 def _colors(stream: TextIO, journal: bool) -> bool:

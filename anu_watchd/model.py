@@ -8,13 +8,13 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-import orjson
+
+from anu_watchd import compactjson
 
 TASK_ID_RE = re.compile(r"^task-[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_KIND = "result"
@@ -127,23 +127,8 @@ class FourTuple:
 
 def idempotency_key(t: FourTuple) -> str:
     """A stable hash of the 4-tuple; the same on every host and every restart."""
-    canon = _canonical([t.task_id, t.sha256, t.collector, t.kind])
+    canon = compactjson.dumps_ascii([t.task_id, t.sha256, t.collector, t.kind])
     return "ik1-" + hashlib.sha256(canon).hexdigest()[:40]
-
-
-def _canonical(items: list[str]) -> bytes:
-    """``json.dumps(items, separators=(",", ":"))``, ASCII, the bytes the key hashes.
-
-    orjson's bytes are the same whenever they are ASCII (a test holds them to it), in a
-    tenth of the time; anything else (non-ASCII, a lone surrogate) is the stdlib's.
-    """
-    try:
-        canon = orjson.dumps(items)
-        if canon.isascii():
-            return canon
-    except orjson.JSONEncodeError:
-        pass
-    return json.dumps(items, separators=(",", ":")).encode()
 
 
 @attrs.frozen

@@ -17,7 +17,6 @@ from pathlib import Path
 from anu_watchd import fsio
 
 _MAX_BYTES = 4096
-_HEX = frozenset("0123456789abcdef")
 
 
 def path_for(ledger: Path) -> Path:
@@ -26,9 +25,7 @@ def path_for(ledger: Path) -> Path:
 
 def is_temp_of(ledger: Path, name: str) -> bool:
     """``name`` is a temp of this ledger's watermark: only the instance-lock holder writes one."""
-    prefix = fsio.TMP_PREFIX + path_for(ledger).name + "."
-    tail = name[len(prefix) :]
-    return name.startswith(prefix) and len(tail) == 12 and all(c in _HEX for c in tail)
+    return fsio.is_temp_of(name, path_for(ledger).name)
 
 
 def encode(offset: int, ledger_inode: int) -> bytes:

@@ -17,10 +17,11 @@ is the same with a loop future for the outcome. Either way the outcome is
 delivered whatever it is (a result, any exception), so no waiter hangs. Jobs
 run one at a time in submission order. Cancelling a future does not stop a
 job already queued or running.
-The thread starts at the first submit, is a daemon thread (a crash path never
+
+The thread starts with the first job, is a daemon thread (a crash path never
 hangs interpreter exit) and is named, so ``py-spy dump`` and thread lists show
 whose it is. It ends at ``stop``, once the jobs before it are done (a later
-``submit`` starts a new one), or when its owner is garbage collected. A job
+job starts a new one), or when its owner is garbage collected. A job
 that ends after its loop was closed is dropped quietly: nobody is left to
 hear of it.
 """
@@ -66,8 +67,8 @@ class WriterThread:
     def stop(self) -> None:
         """Let the jobs already submitted finish, then end the thread and join it.
 
-        Blocks while they run: an owner awaits its jobs' futures first. A later
-        ``submit`` starts a new thread.
+        Blocks while they run: an owner waits for its jobs first. A later job starts a
+        new thread.
         """
         if self._jobs is None or self._thread is None or self._finalizer is None:
             return

@@ -71,3 +71,9 @@ def test_a_dataclass_or_datetime_is_refused_as_by_the_stdlib() -> None:
     """No silent new encodings: what the stdlib refuses, this refuses too."""
     with pytest.raises(TypeError):
         compactjson.dumps({"at": datetime.datetime(2026, 1, 1)})
+
+
+@given(DOCS | st.lists(st.text()))
+def test_ascii_bytes_are_the_stdlibs_default_escapes(doc: Any) -> None:
+    """dumps_ascii is json.dumps(doc, separators=(",", ":")) for any text, surrogates too."""
+    assert compactjson.dumps_ascii(doc) == json.dumps(doc, separators=(",", ":")).encode()
