@@ -3,8 +3,10 @@
  *   argv: LOG
  * for each "register" request line on stdin, appends "KEY <epoch seconds>.<microseconds>\n"
  * (KEY: the request's idempotency key) to LOG in one O_APPEND write, then answers
- * {"idempotency_key": KEY, "schedule_id": "bench-<pid>"} on stdout and flushes. An
- * "update" request is answered the same way without a log line. Exits at the end of stdin.
+ * {"idempotency_key": KEY, "schedule_id": "bench-<pid>", "updates": false} on stdout and
+ * flushes: like the baselines' handler it needs only the wake, so it declines the final
+ * envelope's update requests (an update that comes anyway is answered without a log
+ * line). Exits at the end of stdin.
  * It relies on the daemon's request layout (op first, then the key); a demo, not a parser. */
 #include <fcntl.h>
 #include <stdio.h>
@@ -37,7 +39,8 @@ int main(int argc, char **argv) {
                              ts.tv_nsec / 1000);
             if (n < 0 || n >= (int)sizeof line || write(fd, line, (size_t)n) != n) return 74;
         }
-        printf("{\"idempotency_key\": \"%s\", \"schedule_id\": \"bench-%d\"}\n", key, pid);
+        printf("{\"idempotency_key\": \"%s\", \"schedule_id\": \"bench-%d\", \"updates\": false}\n",
+               key, pid);
         fflush(stdout);
     }
     free(req);

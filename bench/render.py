@@ -336,7 +336,8 @@ METHOD = """\
   the baselines run it once per event they see, anu-watchd's exec sink runs
   it as its wake command. The exec co-process mode runs `bench/handler_coproc.c`
   (HANDLER_COPROC, the same log line per register request, from long-running
-  processes). For the log sink the wake is the daemon's
+  processes; like the baselines' handler it needs only the wake, so it answers
+  `"updates": false` and gets no final-envelope update). For the log sink the wake is the daemon's
   `wake_logged` line and its `timestamp`. Latency is that start time minus
   the rename time (same wall clock); it includes the process spawn and the
   handler's own start-up (about 1 ms compiled, about 2 ms for bash, here).

@@ -59,6 +59,8 @@ for line in sys.stdin:
         m = "ok"
     if m == "ok":
         say({"idempotency_key": key, "schedule_id": f"S-{n}"})
+    elif m == "ok-no-updates":
+        say({"idempotency_key": key, "schedule_id": f"S-{n}", "updates": False})
     elif m == "answer-then-exit":
         say({"idempotency_key": key, "schedule_id": f"S-{n}"})
         sys.exit(0)

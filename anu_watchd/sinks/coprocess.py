@@ -14,6 +14,7 @@ How a request ends::
 
     {"schedule_id": ...}                       registered; the handler is reused
     {"error": ..., "transient": true|false}    Transient/PermanentWakeError; reused
+    ... "updates": false (in any answer)       no update requests from then on
     exit, closed stdout, a malformed or
     unasked line, or no answer in timeout_s    TransientWakeError; the handler is
                                                killed (its whole process group)
@@ -65,7 +66,6 @@ class CoprocessSink:
     """Sends each wake to one of up to ``concurrency`` long-running handler processes."""
 
     delivery_method = "exec"
-    supports_update = True
 
     def __init__(
         self,
@@ -93,11 +93,18 @@ class CoprocessSink:
         self._restarts = restarts
         self._closed = False
         self._retiring: set[asyncio.Task[int]] = set()
+        # Every handler runs the same argv: one that declines updates speaks for the pool.
+        self._updates = True
 
     @property
     def handlers(self) -> int:
         """Handler processes alive now, idle or busy."""
         return len(self._idle) + self._busy
+
+    @property
+    def supports_update(self) -> bool:
+        """True until a handler answers ``"updates": false``; a new handler argv is a new sink."""
+        return self._updates
 
     def child_env(self) -> dict[str, str]:
         """The whole environment a handler sees; nothing is inherited."""
@@ -139,6 +146,9 @@ class CoprocessSink:
                 answer = await self._exchange(handler, line, op, idempotency_key)
             finally:
                 self._busy -= 1
+        if not answer.updates and self._updates:
+            self._updates = False
+            _log.info("coprocess_updates_declined", pid=handler.child.pid)
         if answer.error is not None:
             # The handler's own words may quote the key: redact them, then cut them to a
             # bounded length, then redact the cut edge, so no part of a split key survives.

@@ -7,9 +7,13 @@ stdout, in order::
     <- {"idempotency_key": "ik1-...", "schedule_id": "S-1"}
     <- {"idempotency_key": "ik1-...", "error": "collector busy", "transient": true}
 
-An answer that is not one JSON object, names another idempotency key, or
-has an ``error`` without a boolean ``transient`` breaks the framing: the
-handler is dropped and the request failed as transient. An answer without
+Any answer may add ``"updates": false``: this handler has no use for the final
+envelope, so the sink stops sending ``update`` requests (a second round trip a
+wake; a per-wake command gets none unless ``update_argv`` is set). An answer
+that is not one JSON object, names another idempotency key, has an ``error``
+without a boolean ``transient`` or an ``updates`` that is not a boolean
+breaks the framing: the handler is dropped and the request failed as
+transient. An answer without
 a usable schedule id is permanent, as for a per-wake command.
 
 Restarts: a handler that ended before answering anything makes the next
@@ -52,6 +56,7 @@ def request_line(op: str, idempotency_key: str, envelope: bytes) -> bytes:
 class Answer:
     schedule_id: str = ""
     error: WakeError | None = None
+    updates: bool = True  # False: the handler declined update requests
 
 
 def parse_answer(line: bytes, idempotency_key: str, *, op: str, program: str) -> Answer:
@@ -67,11 +72,16 @@ def parse_answer(line: bytes, idempotency_key: str, *, op: str, program: str) ->
         raise Malformed("its answer is not a JSON object")
     if doc.get("idempotency_key") != idempotency_key:
         raise Malformed("its answer names another idempotency key")
+    updates = doc.get("updates", True)
+    if not isinstance(updates, bool):
+        raise Malformed('its answer has an "updates" that is not a boolean')
     if "error" in doc:
-        return Answer(error=_error(doc, program))
-    if op == "update":
-        return Answer()
-    return _schedule_id(doc.get("schedule_id"), program)
+        answer = Answer(error=_error(doc, program))
+    elif op == "update":
+        answer = Answer()
+    else:
+        answer = _schedule_id(doc.get("schedule_id"), program)
+    return answer if updates else attrs.evolve(answer, updates=False)
 
 
 def _error(doc: dict[str, Any], program: str) -> WakeError:

@@ -85,6 +85,25 @@ def test_a_burst_is_registered_once_each_by_long_running_handlers(spool: Spool) 
     assert assert_all_envelopes_valid(spool.root) == 40
 
 
+def test_a_handler_that_declines_updates_is_sent_registers_only(spool: Spool) -> None:
+    """Its answers say ``"updates": false``: ten wakes, ten register requests and no update,
+    one log line saying so, and every final envelope still written beside its result."""
+    hdir = spool.root / "handler"
+    coprocess_wake(spool, write_coprocess_handler(hdir, behaviour="ok-no-updates"), concurrency=1)
+    d = DaemonProc(spool)
+    try:
+        d.wait_notify("READY=1")
+        tasks = [f"task-{i}" for i in range(10)]
+        for t in tasks:
+            spool.drop(t)
+        wait_for(lambda: all(spool.marker(t) for t in tasks), DEADLINE_S, "every wake")
+    finally:
+        stop(d)
+    assert [r["op"] for r in read_requests(hdir)] == ["register"] * 10
+    assert len(d.events("coprocess_updates_declined")) == 1
+    assert assert_all_envelopes_valid(spool.root) == 10
+
+
 def test_a_crash_mid_request_is_retried_on_a_new_handler(spool: Spool) -> None:
     """The handler crashes on the first request: the wake is retried on a fresh process and
     registered on attempt 2, exactly once."""

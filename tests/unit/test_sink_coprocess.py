@@ -112,6 +112,21 @@ async def test_updates_go_to_the_handler_as_update_requests(
     assert [(r["op"], r["key"]) for r in read_requests(hdir)] == [("update", "ik1-u")]
 
 
+async def test_a_handler_that_declines_updates_gets_none_from_then_on(
+    make: Callable[..., CoprocessSink], hdir: Path
+) -> None:
+    """An answer with ``"updates": false`` turns ``supports_update`` off for the whole pool."""
+    sink = make("ok")
+    assert await sink.register(ENVELOPE, idempotency_key="ik1-a") == "S-1"
+    assert sink.supports_update
+    set_handler_behaviour(hdir, "ok-no-updates")
+    assert await sink.register(ENVELOPE, idempotency_key="ik1-b") == "S-2"
+    assert not sink.supports_update
+    set_handler_behaviour(hdir, "ok")
+    await sink.register(ENVELOPE, idempotency_key="ik1-c")
+    assert not sink.supports_update  # a later answer without it does not undo it
+
+
 async def test_concurrency_bounds_the_handlers_started_and_the_requests_at_once(
     make: Callable[..., CoprocessSink], hdir: Path
 ) -> None:

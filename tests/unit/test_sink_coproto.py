@@ -68,6 +68,23 @@ def test_an_update_needs_no_schedule_id() -> None:
 
 
 @pytest.mark.parametrize(
+    ("doc", "op"),
+    [
+        ({"schedule_id": "S-1", "updates": False}, "register"),
+        ({"error": "busy", "transient": True, "updates": False}, "register"),
+        ({"updates": False}, "update"),
+    ],
+)
+def test_any_answer_may_decline_updates(doc: dict[str, object], op: str) -> None:
+    """``"updates": false`` rides on any answer and changes nothing else it says."""
+    declined = parse({"idempotency_key": IK, **doc}, op=op)
+    rest = {k: v for k, v in doc.items() if k != "updates"}
+    plain = parse({"idempotency_key": IK, **rest}, op=op)
+    assert declined.updates is False and plain.updates is True
+    assert (declined.schedule_id, type(declined.error)) == (plain.schedule_id, type(plain.error))
+
+
+@pytest.mark.parametrize(
     "line",
     [
         b"not json",
@@ -76,11 +93,12 @@ def test_an_update_needs_no_schedule_id() -> None:
         json.dumps({"idempotency_key": "ik1-other", "schedule_id": "S-1"}).encode(),
         json.dumps({"idempotency_key": IK, "error": "x"}).encode(),
         json.dumps({"idempotency_key": IK, "error": "x", "transient": "yes"}).encode(),
+        json.dumps({"idempotency_key": IK, "schedule_id": "S-1", "updates": "no"}).encode(),
         b"[" * 100_000,
     ],
 )
 def test_a_line_that_breaks_the_protocol_is_malformed(line: bytes) -> None:
-    """Not JSON, not an object, another key, or an error without a boolean transient: Malformed."""
+    """Not JSON, not an object, another key, a non-boolean transient or updates: Malformed."""
     with pytest.raises(Malformed):
         parse_answer(line, IK, op="register", program="h")
 
