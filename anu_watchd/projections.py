@@ -13,8 +13,8 @@ ledger line (the debt is the ledger's end at that moment, at or before the
 line). After a bulk sync, every terminal line before the smallest debt still
 open — or before the ledger's end when the batch started, if none is — has
 its projection durable; that offset is written to ``watermark.path_for``
-with the next batch (the next sync makes it durable too), and start-up
-repair reads only the ledger after it.
+with the next batch at most once every ``MARK_EVERY_S`` (the next sync makes
+it durable too), and start-up repair reads only the ledger after it.
 
 Batches run in the writer's own thread (:mod:`~anu_watchd.writerthread`),
 whose callback on the loop settles the batch's callers and hands it the next
@@ -33,6 +33,7 @@ import functools
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -45,6 +46,10 @@ from anu_watchd.writerthread import Idle, WriterThread
 _log = structlog.get_logger("anu_watchd.projections")
 
 _Job = tuple[Sequence[tuple[Path, bytes]], Sequence[Path], "asyncio.Future[None]", int | None]
+# The watermark only bounds the repair's reading: moved once a second, a crash leaves at
+# most a second of wakes more to check, and a steady trickle (a batch a wake) does not pay
+# a third file a wake for it.
+MARK_EVERY_S = 1.0
 
 
 class ProjectionWriter:
@@ -56,6 +61,8 @@ class ProjectionWriter:
         *,
         ledger: Path | None = None,
         ledger_end: Callable[[], int] | None = None,
+        mark_every_s: float = MARK_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pending: list[_Job] = []
         self._inflight = False  # a batch is in the writer thread
@@ -74,6 +81,9 @@ class ProjectionWriter:
         self._tokens = itertools.count()
         self._mark = 0  # the watermark known durable-to-be, not yet written
         self._written_mark = -1
+        self._mark_every_s = mark_every_s
+        self._clock = clock
+        self._mark_due = clock()  # when a moved watermark may be written next
 
     def owe(self) -> int | None:
         """Before a terminal ledger line: a debt that ``write(..., debt=)`` pays once durable."""
@@ -145,7 +155,8 @@ class ProjectionWriter:
         # The ledger's end as this batch starts: every debt owed before now is in this
         # batch or still open, so after the sync the watermark may move up to here.
         end = self._ledger_end() if self._ledger_end is not None else 0
-        mark = self._mark if self._mark != self._written_mark else None
+        moved = self._mark != self._written_mark
+        mark = self._mark if moved and self._clock() >= self._mark_due else None
         self._inflight = True
         then = functools.partial(self._flushed, batch, len(writes), end, mark)
         try:
@@ -174,6 +185,7 @@ class ProjectionWriter:
         else:
             if mark is not None:
                 self._written_mark = mark
+                self._mark_due = self._clock() + self._mark_every_s
             for _, _, done, debt in batch:
                 if debt is not None:
                     self._debts.pop(debt, None)

@@ -167,7 +167,7 @@ async def test_the_watermark_stays_behind_an_open_debt_and_reaches_the_end_at_cl
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_bytes(b"x" * 99 + b"\n")
     end = [100]
-    writer = ProjectionWriter(ledger=ledger, ledger_end=lambda: end[0])
+    writer = ProjectionWriter(ledger=ledger, ledger_end=lambda: end[0], mark_every_s=0.0)
     owed = writer.owe()  # a run about to record its DONE line at offset 100
     end[0] = 200
     await writer.write([(tmp_path / "other", b"x")])  # another run's batch
@@ -177,6 +177,26 @@ async def test_the_watermark_stays_behind_an_open_debt_and_reaches_the_end_at_cl
     await writer.write([(tmp_path / "done", b"x")], debt=owed)
     await writer.aclose()
     assert watermark.read(ledger) == 300
+
+
+async def test_a_moved_watermark_is_written_at_most_once_a_second(tmp_path: Path) -> None:
+    """Batches within ``mark_every_s`` of the last watermark write leave it where it was;
+    the first batch after carries the mark up to date."""
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_bytes((b"x" * 99 + b"\n") * 3)  # lines start at 0, 100, 200 and 300
+    end, now = [100], [0.0]
+    writer = ProjectionWriter(ledger=ledger, ledger_end=lambda: end[0], clock=lambda: now[0])
+    await writer.write([(tmp_path / "a", b"x")])  # the mark it carries (0) was known before
+    end[0] = 200
+    await writer.write([(tmp_path / "b", b"x")])  # the mark is 100 now: not written yet
+    end[0] = 300
+    now[0] = 0.9
+    await writer.write([(tmp_path / "c", b"x")])
+    assert watermark.read(ledger) == 0
+    now[0] = 1.0
+    await writer.write([(tmp_path / "d", b"x")])
+    assert watermark.read(ledger) == 300
+    await writer.aclose()
 
 
 def test_a_torn_empty_or_foreign_watermark_reads_as_zero(tmp_path: Path) -> None:
