@@ -1,16 +1,17 @@
 """A JSON-lines append-only file with group commit: the ledger's and the evidence log's writer.
 
 One record is one line, ``compactjson.dumps(record) + b"\\n"``: compact
-JSON in UTF-8. ``append`` returns once its line is
-durable; a log opened ``synced=False`` (the evidence log) skips the fsync, so
-there "durable" means written: durable at the next sync of its filesystem or
-at close. Callers that arrive while a flush is running queue up, and the next
-flush writes all their lines with ONE ``os.write`` and ONE fsync (group
-commit): at a few hundred microseconds per fsync, this is what lets a burst go
-faster than one fsync per record. Flushes run in the log's own writer thread
-(:mod:`~anu_watchd.writerthread`), which settles the callers from one callback
-on the loop and hands it the next batch: no flush task, so a flush costs the
-event loop two iterations, not eight.
+JSON in UTF-8. ``append`` returns once its line is durable; a log opened
+``synced=False`` (the evidence log) skips the fsync, so there "durable" means
+written: durable at the next sync of its filesystem or at close, and a line
+that finds the thread idle (at a steady rate, every line) is written on the
+loop at once, with no hand-off. Callers that arrive while a flush is running
+queue up, and the next flush writes all their lines with ONE ``os.write`` and
+ONE fsync (group commit): at a few hundred microseconds per fsync, this is
+what lets a burst go faster than one fsync per record. Flushes run in the
+log's own writer thread (:mod:`~anu_watchd.writerthread`), which settles the
+callers from one callback on the loop and hands it the next batch: no flush
+task, so a flush costs the event loop two iterations, not eight.
 
 Failure contract (docs/durability.md; PostgreSQL's "fsyncgate"): when a write
 fails, writes short, or the fsync fails, every caller waiting on that flush
@@ -98,9 +99,10 @@ class AppendLog:
         # written; the evidence log's lines are observability, not state (the ledger
         # decides), and a crash of the process loses none of them, only a power cut the
         # last few. They become durable with the next projection batch's syncfs and at
-        # close. Still written in the writer thread: on the loop, a write a line cost more
-        # than the hop in a burst and one write an iteration bought nothing (bench/PROFILE.md,
-        # sections 9 and 10), and a write there can wait on the filesystem's journal.
+        # close. Their first line a loop iteration is written on the loop while the writer
+        # thread is idle (``_write_now``); the rest go to the thread as before: a write on
+        # the loop for every line cost more than the hop in a burst (bench/PROFILE.md,
+        # sections 9 to 11).
         self._synced = synced
         # Shared by every durable writer of one daemon (ledger, evidence, projections): the
         # first writer thread whose write or fsync fails sets it, and the others stop before
@@ -116,6 +118,7 @@ class AppendLog:
         self._closed = False
         self._appends = 0
         self._flushes = 0
+        self._wrote_now = False  # an unsynced line was written on the loop this iteration
 
     @classmethod
     def open(
@@ -170,8 +173,11 @@ class AppendLog:
         written), so an in-memory index never lags behind the file.
         """
         self._check_usable()
+        line = encode(record)
+        if not self._synced and self._inflight is None and not self._wrote_now:
+            return self._write_now(line, on_durable)
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(encode(record), waiter, on_durable))
+        self._pending.append(_Pending(line, waiter, on_durable))
         if self._inflight is None:
             self._flush_next()
         return await waiter
@@ -212,6 +218,30 @@ class AppendLog:
             self._writer.call(self._write_durably, (data,), functools.partial(self._flushed, data))
         except BaseException as exc:  # no thread to write with: fail the batch, as a write would
             self._flushed(data, None, exc)
+
+    def _write_now(self, line: bytes, on_durable: OnDurable | None) -> int:
+        """One line of an unsynced log, written on the loop: no thread hop.
+
+        At a steady rate each line is a batch of its own, and the hand-off to the writer
+        thread and back costs ~70 us of CPU (four cross-thread wake-ups) for a write of a
+        few microseconds to the page cache (bench/PROFILE.md, section 11). At most one line
+        a loop iteration, and only while the thread is idle: under a burst the lines of
+        an iteration's many runs still go to the thread as one write.
+        """
+        self._wrote_now = True
+        asyncio.get_running_loop().call_soon(self._next_iteration)
+        try:
+            self._write_durably(line)
+        except BaseException as exc:
+            raise self._poison(exc, []) from None
+        offset = self._end
+        self._done(1, line)
+        if on_durable is not None:
+            on_durable(offset)
+        return offset
+
+    def _next_iteration(self) -> None:
+        self._wrote_now = False
 
     def _flushed(self, data: bytes, _result: None, exc: BaseException | None) -> None:
         """On the loop, after a flush: settle its callers, then start the next one."""

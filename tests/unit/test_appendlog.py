@@ -151,6 +151,65 @@ async def test_an_unsynced_log_writes_each_line_at_once_and_fsyncs_only_at_close
     assert seam.calls == opened + 1
 
 
+def _thread_named(name: str) -> bool:
+    return any(t.name == name for t in threading.enumerate())
+
+
+async def test_an_idle_unsynced_log_writes_on_the_loop_without_starting_its_thread(
+    log_path: Path,
+) -> None:
+    """One line a loop iteration, nothing in flight (a steady trickle): each is written on
+    the loop, in order, with its offset and hook, and the writer thread never starts."""
+    unsynced = AppendLog.open(log_path, synced=False, thread_name="anu-test-idle")
+    seen: list[int] = []
+    offsets = []
+    for i in range(3):
+        offsets.append(await unsynced.append({"i": i}, on_durable=seen.append))
+        await asyncio.sleep(0)  # the next line comes in a later loop iteration
+    assert [r["i"] for r in lines(log_path)] == [0, 1, 2]
+    assert offsets == seen == [0, 8, 16]
+    assert not _thread_named("anu-test-idle")
+    await unsynced.aclose()
+
+
+async def test_an_unsynced_logs_lines_of_one_iteration_after_the_first_go_to_its_thread(
+    log_path: Path,
+) -> None:
+    """Twenty runs ending in one loop iteration (a burst): the first line is written on the
+    loop, the rest by the writer thread in fewer writes than lines, all in order."""
+    unsynced = AppendLog.open(log_path, synced=False, thread_name="anu-test-burst")
+    offsets = await asyncio.gather(*(unsynced.append({"i": i}) for i in range(20)))
+    assert [r["i"] for r in lines(log_path)] == list(range(20))
+    assert offsets == sorted(offsets) and len(set(offsets)) == 20
+    assert unsynced.counters.flushes < 20
+    assert _thread_named("anu-test-burst")
+    await unsynced.aclose()
+
+
+async def test_a_failed_write_on_the_loop_poisons_the_unsynced_log(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on a line written on the loop: a DurabilityError for its caller, the shared
+    fail-stop flag set, every later append refused without a write."""
+    fail_stop = threading.Event()
+    unsynced = AppendLog.open(log_path, synced=False, fail_stop=fail_stop)
+    writes: list[int] = []
+
+    def full(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(appendlog, "_write", full)
+    with pytest.raises(DurabilityError):
+        await unsynced.append({"i": 0})
+    assert fail_stop.is_set() and not unsynced.healthy
+    await asyncio.sleep(0)
+    with pytest.raises(DurabilityError):
+        await unsynced.append({"i": 1})
+    assert len(writes) == 1 and log_path.stat().st_size == 0
+    await unsynced.aclose()
+
+
 async def test_an_unsynced_log_whose_close_fsync_fails_stops_its_daemon(
     log_path: Path, seam: FsyncSeam
 ) -> None:
