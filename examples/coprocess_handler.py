@@ -13,6 +13,9 @@ Answer each with one line on stdout, in order, and flush:
     {"idempotency_key": "...", "error": "...", "transient": true}    retried later
     {"idempotency_key": "...", "error": "...", "transient": false}   FIRE_FAILED
 
+A handler with no use for the final envelope may add "updates": false to its
+answers; no update requests come after that.
+
 Exit when stdin ends. Never print anything else on stdout (logs go to
 stderr) and never print the key. Replace `register` and `update` with the
 calls to your scheduler; an idempotency key may come again after a crash, so

@@ -13,8 +13,8 @@ wake; a per-wake command gets none unless ``update_argv`` is set). An answer
 that is not one JSON object, names another idempotency key, has an ``error``
 without a boolean ``transient`` or an ``updates`` that is not a boolean
 breaks the framing: the handler is dropped and the request failed as
-transient. An answer without
-a usable schedule id is permanent, as for a per-wake command.
+transient. An answer without a usable schedule id is permanent, as for a
+per-wake command.
 
 Restarts: a handler that ended before answering anything makes the next
 start wait ``initial_s``, doubling up to ``max_s``; after ``give_up``
