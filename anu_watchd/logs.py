@@ -36,7 +36,6 @@ effect for module-level loggers too.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
@@ -109,7 +108,8 @@ def announce(
     if is_journal_stream(out, environ):
         doc = {"timestamp": _now(), "level": level, "event": event, "message": text}
         doc.update(fields or {})
-        line = f"<{PRIORITIES.get(level, 5)}>{json.dumps(doc, ensure_ascii=False, default=str)}"
+        # As the daemon's own lines (``_json_line``): one format in the journal for a filter.
+        line = f"<{PRIORITIES.get(level, 5)}>{_json_line(doc, default=str)}"
     else:
         line = text
     with contextlib.suppress(OSError, ValueError):

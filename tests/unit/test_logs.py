@@ -290,14 +290,16 @@ def test_announce_is_text_on_a_terminal_and_json_on_the_journal(tmp_path: Path) 
     assert plain.getvalue() == "anu-watchd: busy\n"
     with (tmp_path / "journal").open("w+") as stream:
         env = journal_env(stream.fileno())
-        fields = {"a": 1}
+        fields = {"a": 1, "path": "/spool/tâche-7"}
         logs.announce("lock_held", "busy", level="error", stream=stream, fields=fields, environ=env)
         stream.seek(0)
         line = stream.read()
     assert line.startswith("<3>") and line.endswith("\n")
     doc = json.loads(line[3:])
     assert (doc["event"], doc["level"], doc["message"]) == ("lock_held", "error", "busy")
-    assert doc["a"] == 1
+    assert doc["a"] == 1 and doc["path"] == "/spool/tâche-7"
+    # The daemon's own format: compact and ASCII, so one text filter matches both.
+    assert line.isascii() and '"level":"error"' in line and ": " not in line
 
 
 def test_crashed_before_configuration_is_one_critical_line(tmp_path: Path) -> None:
