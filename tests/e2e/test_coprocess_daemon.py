@@ -6,9 +6,11 @@ handler (tests/coprochelpers.py); the daemon is ``python -m anu_watchd run``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +51,24 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def stop(d: DaemonProc) -> None:
-    code = d.stop()
-    if code != 0:
-        print(d.log_text())
-    assert code == 0
+@contextlib.contextmanager
+def serving(spool: Spool) -> Iterator[DaemonProc]:
+    """The daemon, ready; stopped (exit 0, else its log printed) when the block ends."""
+    d = DaemonProc(spool)
+    try:
+        d.wait_notify("READY=1")
+        yield d
+    finally:
+        code = d.stop()
+        if code != 0:
+            print(d.log_text())
+        assert code == 0
+
+
+def wake_all(spool: Spool, tasks: list[str]) -> None:
+    for t in tasks:
+        spool.drop(t)
+    wait_for(lambda: all(spool.marker(t) for t in tasks), DEADLINE_S, "every wake")
 
 
 def test_a_burst_is_registered_once_each_by_long_running_handlers(spool: Spool) -> None:
@@ -61,16 +76,10 @@ def test_a_burst_is_registered_once_each_by_long_running_handlers(spool: Spool) 
     the handler's schedule ids in the markers; stopping the daemon stops the handlers."""
     record = spool.root / "record.jsonl"
     coprocess_wake(spool, [sys.executable, str(REFERENCE), str(record)])
-    d = DaemonProc(spool)
-    try:
-        d.wait_notify("READY=1")
-        tasks = [f"task-{i:03d}" for i in range(40)]
-        for t in tasks:
-            spool.drop(t)
-        wait_for(lambda: all(spool.marker(t) for t in tasks), DEADLINE_S, "every wake")
+    tasks = [f"task-{i:03d}" for i in range(40)]
+    with serving(spool):
+        wake_all(spool, tasks)
         wait_for(lambda: len(records(record)) == 80, DEADLINE_S, "every update")
-    finally:
-        stop(d)
     notes = records(record)
     assert Counter((n["op"], n["task_id"]) for n in notes) == Counter(
         {(op, t): 1 for t in tasks for op in ("register", "update")}
@@ -90,15 +99,8 @@ def test_a_handler_that_declines_updates_is_sent_registers_only(spool: Spool) ->
     one log line saying so, and every final envelope still written beside its result."""
     hdir = spool.root / "handler"
     coprocess_wake(spool, write_coprocess_handler(hdir, behaviour="ok-no-updates"), concurrency=1)
-    d = DaemonProc(spool)
-    try:
-        d.wait_notify("READY=1")
-        tasks = [f"task-{i}" for i in range(10)]
-        for t in tasks:
-            spool.drop(t)
-        wait_for(lambda: all(spool.marker(t) for t in tasks), DEADLINE_S, "every wake")
-    finally:
-        stop(d)
+    with serving(spool) as d:
+        wake_all(spool, [f"task-{i}" for i in range(10)])
     assert [r["op"] for r in read_requests(hdir)] == ["register"] * 10
     assert len(d.events("coprocess_updates_declined")) == 1
     assert assert_all_envelopes_valid(spool.root) == 10
@@ -109,14 +111,10 @@ def test_a_crash_mid_request_is_retried_on_a_new_handler(spool: Spool) -> None:
     registered on attempt 2, exactly once."""
     hdir = spool.root / "handler"
     coprocess_wake(spool, write_coprocess_handler(hdir, behaviour="crash-until:1"))
-    d = DaemonProc(spool)
-    try:
-        d.wait_notify("READY=1")
+    with serving(spool) as d:
         spool.drop("task-crash")
         marker = wait_for(lambda: spool.marker("task-crash"), DEADLINE_S, "the wake")
         dropped = d.wait_event("coprocess_handler_dropped")
-    finally:
-        stop(d)
     assert "exited 3: handler crashed mid-request" in dropped["error"]
     assert len(d.events("coprocess_handler_started")) == 2
     assert marker["attempts"] == 2 and marker["schedule_id"] == "S-2"
@@ -134,9 +132,7 @@ def test_a_handler_that_dies_at_once_is_fire_failed_with_bounded_restarts(spool:
     spool.config.write_text(
         spool.config.read_text().replace("backoff_max_s = 0.05", "backoff_max_s = 30.0")
     )
-    d = DaemonProc(spool)
-    try:
-        d.wait_notify("READY=1")
+    with serving(spool):
         tasks = [f"task-{i:02d}" for i in range(20)]
         for t in tasks:
             spool.drop(t)
@@ -144,8 +140,6 @@ def test_a_handler_that_dies_at_once_is_fire_failed_with_bounded_restarts(spool:
             lambda: all(spool.marker(t, ".pickup.failed") for t in tasks), DEADLINE_S, "failures"
         )
         assert len(read_starts(hdir)) <= 15
-    finally:
-        stop(d)
     errors = [str((spool.marker(t, ".pickup.failed") or {}).get("error")) for t in tasks]
     assert all("cannot load my configuration" in e for e in errors)
     assert sum("not restarted for now" in e for e in errors) >= 10
@@ -157,9 +151,7 @@ def test_a_reload_resizes_the_pool_in_place_and_a_new_argv_replaces_it(spool: Sp
     hdir = spool.root / "handler"
     argv = write_coprocess_handler(hdir, behaviour="ok")
     coprocess_wake(spool, argv)
-    d = DaemonProc(spool)
-    try:
-        d.wait_notify("READY=1")
+    with serving(spool) as d:
         spool.drop("task-a")
         wait_for(lambda: spool.marker("task-a"), DEADLINE_S, "the first wake")
         first = [s["pid"] for s in read_starts(hdir)]
@@ -177,5 +169,3 @@ def test_a_reload_resizes_the_pool_in_place_and_a_new_argv_replaces_it(spool: Sp
         spool.drop("task-c")
         wait_for(lambda: spool.marker("task-c"), DEADLINE_S, "the third wake")
         assert len(read_starts(hdir)) == len(first) + 1
-    finally:
-        stop(d)
