@@ -352,6 +352,39 @@ def test_scan_repeats_for_a_result_that_lands_mid_pass(anu: Container) -> None:
     assert len(started) == 1
 
 
+def test_starting_the_daemon_waits_for_a_scan_in_progress(anu: Container) -> None:
+    """The switch back from the path unit while a scan holds the instance lock: the daemon's
+    start waits for the scan to end (the unit is ordered after it), then starts once, with
+    no failed start and no restart."""
+    os.mkfifo(anu.path(GATE))
+    anu.systemctl("start", PATH_UNIT)
+    _drop_result(anu, "task-sd-held")
+    taken = anu.path(f"{GATE}.taken")
+    wait_for(taken.exists, "the scan held at the gate, holding the lock")
+    anu.systemctl("stop", PATH_UNIT)
+    cursor = anu.journal_cursor()
+    anu.systemctl("start", "--no-block", SERVICE)
+    wait_for(
+        lambda: SERVICE in anu.run("systemctl", "list-jobs", "--no-legend").stdout,
+        "the daemon's start job queued",
+    )
+    assert anu.show(SERVICE, "ActiveState", "NRestarts") == {
+        "ActiveState": "inactive",
+        "NRestarts": "0",
+    }
+    with taken.open("w") as gate:
+        gate.write("go\n")
+    _wait_woken(anu, "task-sd-held")
+    wait_for(
+        lambda: anu.show(SERVICE, "SubState")["SubState"] == "running", "the daemon running"
+    )
+    assert anu.show(SERVICE, "NRestarts")["NRestarts"] == "0"
+    assert anu.show(SCAN, "Result")["Result"] == "success"
+    lines = anu.journal(f"--after-cursor={cursor}", "-u", SERVICE)
+    assert not [e for e in lines if "lock_held" in str(e.get("MESSAGE", ""))]
+    assert [w["task_id"] for w in _wakes(anu)] == ["task-sd-held"]
+
+
 def _cron_job() -> tuple[dict[str, str], str, str]:
     """(environment, user, command) of the job line in units/anu-watchd.cron."""
     env: dict[str, str] = {}
