@@ -232,8 +232,8 @@ class AppendLog:
         asyncio.get_running_loop().call_soon(self._next_iteration)
         try:
             self._write_durably(line)
-        except BaseException as exc:
-            raise self._poison(exc, []) from None
+        except Exception as exc:  # as a flush's: the error chained to the OS failure behind it
+            raise self._poison(exc, []) from exc
         offset = self._end
         self._done(1, line)
         if on_durable is not None:

@@ -13,8 +13,9 @@ ledger line (the debt is the ledger's end at that moment, at or before the
 line). After a bulk sync, every terminal line before the smallest debt still
 open — or before the ledger's end when the batch started, if none is — has
 its projection durable; that offset is written to ``watermark.path_for``
-with the next batch at most once every ``MARK_EVERY_S`` (the next sync makes
-it durable too), and start-up repair reads only the ledger after it.
+with the next batch (the next sync makes it durable too) at most once every
+``MARK_EVERY_S``, or by a batch of its own once that time is up if no other
+batch comes, and start-up repair reads only the ledger after it.
 
 Batches run in the writer's own thread (:mod:`~anu_watchd.writerthread`),
 whose callback on the loop settles the batch's callers and hands it the next
@@ -46,9 +47,9 @@ from anu_watchd.writerthread import Idle, WriterThread
 _log = structlog.get_logger("anu_watchd.projections")
 
 _Job = tuple[Sequence[tuple[Path, bytes]], Sequence[Path], "asyncio.Future[None]", int | None]
-# The watermark only bounds the repair's reading: moved once a second, a crash leaves at
-# most a second of wakes more to check, and a steady trickle (a batch a wake) does not pay
-# a third file a wake for it.
+# The watermark only bounds the repair's reading: written at most once a second (and at
+# the latest a second after it moved), a crash leaves about a second of wakes more to
+# check, and a steady trickle (a batch a wake) does not pay a third file a wake for it.
 MARK_EVERY_S = 1.0
 
 
@@ -80,10 +81,14 @@ class ProjectionWriter:
         self._debts: dict[int, int] = {}
         self._tokens = itertools.count()
         self._mark = 0  # the watermark known durable-to-be, not yet written
-        self._written_mark = -1
+        # 0, not "nothing yet": a mark of 0 says nothing, and writing it would clobber the
+        # one a previous life left (still true: its projections were durable then).
+        self._written_mark = 0
         self._mark_every_s = mark_every_s
         self._clock = clock
         self._mark_due = clock()  # when a moved watermark may be written next
+        self._mark_timer: asyncio.TimerHandle | None = None
+        self._closing = False  # aclose writes the last mark itself
 
     def owe(self) -> int | None:
         """Before a terminal ledger line: a debt that ``write(..., debt=)`` pays once durable."""
@@ -116,6 +121,8 @@ class ProjectionWriter:
 
     async def aclose(self) -> None:
         """Wait for the batches in flight, then make the final watermark durable."""
+        self._closing = True
+        self._cancel_mark_timer()
         while self._inflight:
             await self._idle.wait()
         try:
@@ -140,6 +147,7 @@ class ProjectionWriter:
         """Fail-stop after a fatal error elsewhere: write nothing more, fail what is queued."""
         self._halted_for = self._halted_for or cause
         self._halted.set()
+        self._cancel_mark_timer()
         if self._failure is None:
             self._failure = _fatal(cause)
         dropped, self._pending = self._pending, []
@@ -155,8 +163,7 @@ class ProjectionWriter:
         # The ledger's end as this batch starts: every debt owed before now is in this
         # batch or still open, so after the sync the watermark may move up to here.
         end = self._ledger_end() if self._ledger_end is not None else 0
-        moved = self._mark != self._written_mark
-        mark = self._mark if moved and self._clock() >= self._mark_due else None
+        mark = self._mark if self._mark_owed() and self._clock() >= self._mark_due else None
         self._inflight = True
         then = functools.partial(self._flushed, batch, len(writes), end, mark)
         try:
@@ -195,7 +202,35 @@ class ProjectionWriter:
             if self._pending and self._failure is None:
                 self._flush_next()
                 return
+            self._arm_mark_timer()
         self._idle.wake()
+
+    def _mark_owed(self) -> bool:
+        return self._ledger is not None and self._mark != self._written_mark
+
+    def _arm_mark_timer(self) -> None:
+        """Idle with a moved mark not yet written: write it once it is due, batch or none."""
+        if self._mark_timer is None and self._mark_owed() and not self._stopped():
+            delay = max(0.0, self._mark_due - self._clock())
+            loop = asyncio.get_running_loop()
+            self._mark_timer = loop.call_later(delay, self._on_mark_timer)
+
+    def _on_mark_timer(self) -> None:
+        self._mark_timer = None
+        if self._inflight or self._stopped():
+            return  # a batch in flight carries it, or settles and arms this again
+        if self._mark_owed() and self._clock() >= self._mark_due:
+            self._flush_next()  # no files: the watermark alone, and its sync
+        else:
+            self._arm_mark_timer()
+
+    def _stopped(self) -> bool:
+        return self._closing or self._failure is not None or self._halted.is_set()
+
+    def _cancel_mark_timer(self) -> None:
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
 
     def _watermark_now(self) -> int:
         assert self._ledger_end is not None
@@ -207,9 +242,10 @@ class ProjectionWriter:
         """In the writer thread: a failure stops the daemon's other writers at once."""
         try:
             fsio.write_many_unsynced(writes, remove=remove, halted=self._halted)
+            dirs = dict.fromkeys([p.parent for p, _ in writes] + [p.parent for p in remove])
             if mark is not None and self._ledger is not None:
                 watermark.write(self._ledger, mark)  # made durable by the sync below
-            dirs = dict.fromkeys([p.parent for p, _ in writes] + [p.parent for p in remove])
+                dirs[self._ledger.parent] = None
             for directory in _one_per_filesystem(dirs):
                 fsio.sync_bulk(directory, self._halted)
         except OSError:

@@ -189,8 +189,8 @@ async def test_an_unsynced_logs_lines_of_one_iteration_after_the_first_go_to_its
 async def test_a_failed_write_on_the_loop_poisons_the_unsynced_log(
     log_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOSPC on a line written on the loop: a DurabilityError for its caller, the shared
-    fail-stop flag set, every later append refused without a write."""
+    """ENOSPC on a line written on the loop: a DurabilityError for its caller, chained to the
+    OS error, the shared fail-stop flag set, every later append refused without a write."""
     fail_stop = threading.Event()
     unsynced = AppendLog.open(log_path, synced=False, fail_stop=fail_stop)
     writes: list[int] = []
@@ -200,8 +200,10 @@ async def test_a_failed_write_on_the_loop_poisons_the_unsynced_log(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(appendlog, "_write", full)
-    with pytest.raises(DurabilityError):
+    with pytest.raises(DurabilityError) as info:
         await unsynced.append({"i": 0})
+    assert isinstance(info.value.__cause__, OSError)  # chained, as a flush's failure is
+    assert info.value.__cause__.errno == errno.ENOSPC
     assert fail_stop.is_set() and not unsynced.healthy
     await asyncio.sleep(0)
     with pytest.raises(DurabilityError):

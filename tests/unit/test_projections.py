@@ -10,6 +10,8 @@ import errno
 import os
 import stat
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -179,24 +181,33 @@ async def test_the_watermark_stays_behind_an_open_debt_and_reaches_the_end_at_cl
     assert watermark.read(ledger) == 300
 
 
-async def test_a_moved_watermark_is_written_at_most_once_a_second(tmp_path: Path) -> None:
-    """Batches within ``mark_every_s`` of the last watermark write leave it where it was;
-    the first batch after carries the mark up to date."""
+async def test_a_moved_watermark_is_written_at_most_once_a_second_batch_or_none(
+    tmp_path: Path,
+) -> None:
+    """The first mark is written at once; a batch within ``mark_every_s`` of that write leaves
+    the file alone, and once the time is up the mark is written with no batch to carry it.
+    A mark of 0 (nothing known yet) never replaces the one a previous life left."""
     ledger = tmp_path / "ledger.jsonl"
-    ledger.write_bytes((b"x" * 99 + b"\n") * 3)  # lines start at 0, 100, 200 and 300
-    end, now = [100], [0.0]
+    ledger.write_bytes((b"x" * 99 + b"\n") * 4)  # lines start at 0, 100, ... 400
+    watermark.write(ledger, 100)  # a previous life's
+    end, now = [200], [0.0]
     writer = ProjectionWriter(ledger=ledger, ledger_end=lambda: end[0], clock=lambda: now[0])
-    await writer.write([(tmp_path / "a", b"x")])  # the mark it carries (0) was known before
-    end[0] = 200
-    await writer.write([(tmp_path / "b", b"x")])  # the mark is 100 now: not written yet
-    end[0] = 300
-    now[0] = 0.9
-    await writer.write([(tmp_path / "c", b"x")])
-    assert watermark.read(ledger) == 0
+    await writer.write([(tmp_path / "a", b"x")])  # carries no mark: 0 is not written
+    assert watermark.read(ledger) == 100
+    await until(lambda: watermark.read(ledger) == 200, "the first mark, at once")
+    end[0], now[0] = 300, 0.5
+    await writer.write([(tmp_path / "b", b"x")])  # half a second after the last mark
+    assert watermark.read(ledger) == 200
     now[0] = 1.0
-    await writer.write([(tmp_path / "d", b"x")])
-    assert watermark.read(ledger) == 300
+    await until(lambda: watermark.read(ledger) == 300, "the mark, with no batch to carry it")
     await writer.aclose()
+
+
+async def until(cond: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 def test_a_torn_empty_or_foreign_watermark_reads_as_zero(tmp_path: Path) -> None:
