@@ -14,8 +14,8 @@ line). After a bulk sync, every terminal line before the smallest debt still
 open — or before the ledger's end when the batch started, if none is — has
 its projection durable; that offset is written to ``watermark.path_for``
 with the next batch (the next sync makes it durable too) at most once every
-``MARK_EVERY_S``, or by a batch of its own once that time is up if no other
-batch comes, and start-up repair reads only the ledger after it.
+``MARK_EVERY_S``, or by a batch of its own once no batch came for that long,
+and start-up repair reads only the ledger after it.
 
 Batches run in the writer's own thread (:mod:`~anu_watchd.writerthread`),
 whose callback on the loop settles the batch's callers and hands it the next
@@ -88,6 +88,7 @@ class ProjectionWriter:
         self._clock = clock
         self._mark_due = clock()  # when a moved watermark may be written next
         self._mark_timer: asyncio.TimerHandle | None = None
+        self._last_batch = clock()  # when the last batch settled: the timer waits for quiet
         self._closing = False  # aclose writes the last mark itself
 
     def owe(self) -> int | None:
@@ -199,6 +200,7 @@ class ProjectionWriter:
                 if not done.done():  # a cancelled run (halt) no longer waits
                     done.set_result(None)
             self._mark = max(self._mark, min([end, *self._debts.values()]))
+            self._last_batch = self._clock()
             if self._pending and self._failure is None:
                 self._flush_next()
                 return
@@ -209,17 +211,21 @@ class ProjectionWriter:
         return self._ledger is not None and self._mark != self._written_mark
 
     def _arm_mark_timer(self) -> None:
-        """Idle with a moved mark not yet written: write it once it is due, batch or none."""
+        """Idle with a moved mark not yet written: write it alone once it is due and no
+        batch came for ``mark_every_s`` (while batches come, they carry it)."""
         if self._mark_timer is None and self._mark_owed() and not self._stopped():
-            delay = max(0.0, self._mark_due - self._clock())
             loop = asyncio.get_running_loop()
-            self._mark_timer = loop.call_later(delay, self._on_mark_timer)
+            self._mark_timer = loop.call_later(self._until_quiet_and_due(), self._on_mark_timer)
+
+    def _until_quiet_and_due(self) -> float:
+        ready = max(self._mark_due, self._last_batch + self._mark_every_s)
+        return max(0.0, ready - self._clock())
 
     def _on_mark_timer(self) -> None:
         self._mark_timer = None
         if self._inflight or self._stopped():
             return  # a batch in flight carries it, or settles and arms this again
-        if self._mark_owed() and self._clock() >= self._mark_due:
+        if self._mark_owed() and self._until_quiet_and_due() == 0.0:
             self._flush_next()  # no files: the watermark alone, and its sync
         else:
             self._arm_mark_timer()

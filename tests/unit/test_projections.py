@@ -184,22 +184,26 @@ async def test_the_watermark_stays_behind_an_open_debt_and_reaches_the_end_at_cl
 async def test_a_moved_watermark_is_written_at_most_once_a_second_batch_or_none(
     tmp_path: Path,
 ) -> None:
-    """The first mark is written at once; a batch within ``mark_every_s`` of that write leaves
-    the file alone, and once the time is up the mark is written with no batch to carry it.
+    """A due mark rides on the next batch; a batch within ``mark_every_s`` of that write
+    leaves the file alone; after ``mark_every_s`` with no batch the mark is written alone.
     A mark of 0 (nothing known yet) never replaces the one a previous life left."""
     ledger = tmp_path / "ledger.jsonl"
-    ledger.write_bytes((b"x" * 99 + b"\n") * 4)  # lines start at 0, 100, ... 400
+    ledger.write_bytes((b"x" * 99 + b"\n") * 4)  # lines start at 0, 100, 200, 300; end 400
     watermark.write(ledger, 100)  # a previous life's
     end, now = [200], [0.0]
-    writer = ProjectionWriter(ledger=ledger, ledger_end=lambda: end[0], clock=lambda: now[0])
+    writer = ProjectionWriter(
+        ledger=ledger, ledger_end=lambda: end[0], clock=lambda: now[0], mark_every_s=0.2
+    )
     await writer.write([(tmp_path / "a", b"x")])  # carries no mark: 0 is not written
     assert watermark.read(ledger) == 100
-    await until(lambda: watermark.read(ledger) == 200, "the first mark, at once")
-    end[0], now[0] = 300, 0.5
-    await writer.write([(tmp_path / "b", b"x")])  # half a second after the last mark
+    end[0], now[0] = 300, 0.1
+    await writer.write([(tmp_path / "b", b"x")])  # due: carries 200
     assert watermark.read(ledger) == 200
-    now[0] = 1.0
-    await until(lambda: watermark.read(ledger) == 300, "the mark, with no batch to carry it")
+    end[0], now[0] = 400, 0.2
+    await writer.write([(tmp_path / "c", b"x")])  # 0.1 s after the last write: 300 waits
+    assert watermark.read(ledger) == 200
+    now[0] = 0.5  # due, and no batch for 0.3 s
+    await until(lambda: watermark.read(ledger) == 400, "the mark, with no batch to carry it")
     await writer.aclose()
 
 
