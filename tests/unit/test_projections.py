@@ -10,8 +10,6 @@ import errno
 import os
 import stat
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from anu_watchd import fsio, watermark
 from anu_watchd.appendlog import AppendLog
 from anu_watchd.errors import DurabilityError, NotWrittenError
 from anu_watchd.projections import ProjectionWriter
+from tests.deadline import until
 
 
 class Seam:
@@ -203,15 +202,8 @@ async def test_a_moved_watermark_is_written_at_most_once_a_second_batch_or_none(
     await writer.write([(tmp_path / "c", b"x")])  # 0.1 s after the last write: 300 waits
     assert watermark.read(ledger) == 200
     now[0] = 0.5  # due, and no batch for 0.3 s
-    await until(lambda: watermark.read(ledger) == 400, "the mark, with no batch to carry it")
+    await until(lambda: watermark.read(ledger) == 400, what="the mark, alone")
     await writer.aclose()
-
-
-async def until(cond: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def test_a_torn_empty_or_foreign_watermark_reads_as_zero(tmp_path: Path) -> None:
