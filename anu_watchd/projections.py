@@ -47,9 +47,9 @@ from anu_watchd.writerthread import Idle, WriterThread
 _log = structlog.get_logger("anu_watchd.projections")
 
 _Job = tuple[Sequence[tuple[Path, bytes]], Sequence[Path], "asyncio.Future[None]", int | None]
-# The watermark only bounds the repair's reading: written at most once a second (and at
-# the latest a second after it moved), a crash leaves about a second of wakes more to
-# check, and a steady trickle (a batch a wake) does not pay a third file a wake for it.
+# The watermark only bounds the repair's reading: written at most once a second (and alone
+# a second after the batches stop), a crash leaves about a second of wakes more to check,
+# and a steady trickle (a batch a wake) does not pay a third file a wake for it.
 MARK_EVERY_S = 1.0
 
 
