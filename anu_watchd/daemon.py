@@ -44,7 +44,7 @@ from anu_watchd.markers import encode_json
 from anu_watchd.metrics import Exporter, Metrics, SpoolView
 from anu_watchd.model import iso, utc_now
 from anu_watchd.notify import Notifier, watchdog_loop
-from anu_watchd.pipeline import Pipeline
+from anu_watchd.pipeline import Begun, Pipeline, Settle
 from anu_watchd.receipts import ReceiptWatch, mark_received
 from anu_watchd.reload import reload_status_path
 from anu_watchd.runtime import RUNS_IN_FLIGHT, ensure_dirs, open_pipeline, rebuilt
@@ -106,7 +106,9 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._intake_task: asyncio.Task[None] | None = None
         self._service: list[asyncio.Task[None]] = []
-        self._workers: list[asyncio.Task[None]] = []
+        self._dispatcher_task: asyncio.Task[None] | None = None
+        self._runs: set[asyncio.Task[None]] = set()  # batches starting, and runs finishing
+        self._room = asyncio.Semaphore(RUNS_IN_FLIGHT)
         self.metrics = Metrics()  # lives as long as the daemon: counters survive a reload
         self.exporter = Exporter(self.metrics.registry)
         self._acks: dict[str, asyncio.Task[None]] = {}  # acks waiting for their task's lock
@@ -218,10 +220,9 @@ class Daemon:
             if task is not None and task is not self._signal_task:
                 task.cancel()
         self._drop_queued()
-        for _ in self._workers:
-            self._queue.put_nowait(None)
+        self._queue.put_nowait(None)
         timeout = self.config.drain_timeout_s
-        _, pending = await asyncio.wait(self._workers, timeout=timeout)
+        pending = await _drained(self._run_tasks, timeout)
         for w in pending:
             w.cancel()
         if pending:
@@ -251,7 +252,7 @@ class Daemon:
 
     def _start_tasks(self, tg: asyncio.TaskGroup) -> None:
         # Sink calls are bounded by wake.concurrency inside the pipeline, not here.
-        self._workers = [self._spawn(self._worker(), f"worker-{i}") for i in range(RUNS_IN_FLIGHT)]
+        self._dispatcher_task = self._spawn(self._dispatcher(), "dispatcher")
         self._intake_task = self._spawn(self._intake_reader(self._require_intake()), "intake")
         self._signal_task = self._spawn(self._signal_handler(), "signals")
         self._service = [
@@ -292,7 +293,7 @@ class Daemon:
         _log.critical("daemon_fatal", error=str(exc), error_type=type(exc).__name__)
         self.pipeline.stages.halt(exc)
         failing = asyncio.current_task()
-        for task in (*self._workers, *self._service, self._intake_task):
+        for task in (*self._run_tasks(), *self._service, self._intake_task):
             if task is not None and task is not failing:
                 task.cancel()
         self._stop.set()
@@ -305,15 +306,68 @@ class Daemon:
 
     # -- the work -------------------------------------------------------------
 
-    async def _worker(self) -> None:
-        while (path := await self._queue.get()) is not None:
+    async def _dispatcher(self) -> None:
+        """Take every queued name at once, up to the free run slots, and start them as a batch.
+
+        At most ``RUNS_IN_FLIGHT`` runs at a time, as there were workers: a slot is taken
+        here and given back when its run ends. Sink calls are bounded inside the pipeline.
+        """
+        while True:
+            await self._room.acquire()
+            path = await self._queue.get()
+            if path is None:
+                return
+            batch = [path]
+            while not self._queue.empty() and not self._room.locked():
+                if (path := self._queue.get_nowait()) is None:
+                    self._start_batch(batch)
+                    return
+                await self._room.acquire()  # not locked: returns without waiting
+                batch.append(path)
+            self._start_batch(batch)
+
+    def _start_batch(self, batch: list[Path]) -> None:
+        items = []
+        for path in batch:
             rescan = self._queued.pop(path.name, False)
-            settle = self.settling.defer if rescan else None
-            with self.metrics.in_flight():
-                out = await self.pipeline.pickup(path, scan=True, settle=settle)
-            if out is not None:
-                self.counts[str(out.verdict)] += 1
-        return None
+            items.append((path, self.settling.defer if rescan else None))
+        self.metrics.runs_started(len(items))
+        self._track(self._spawn(self._begin(items), "batch"))
+
+    async def _begin(self, items: list[tuple[Path, Settle | None]]) -> None:
+        try:
+            begun = await self.pipeline.start_many(items)
+        except BaseException:
+            for _ in items:
+                self._run_over()
+            raise
+        for _ in range(len(items) - len(begun)):  # nothing to run: the driver is disabled
+            self._run_over()
+        for run in begun:
+            task = self._track(self._spawn(self._finish(run), "run"))
+            task.add_done_callback(lambda _task, run=run: run.abandon())
+
+    async def _finish(self, run: Begun) -> None:
+        try:
+            out = await run.finish()
+        finally:
+            self._run_over()
+        if out is not None:
+            self.counts[str(out.verdict)] += 1
+
+    def _run_over(self) -> None:
+        self.metrics.run_ended()
+        self._room.release()
+
+    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+        return task
+
+    def _run_tasks(self) -> list[asyncio.Task[None]]:
+        """The dispatcher and every batch and run task: what a fail-stop cancels."""
+        head = [] if self._dispatcher_task is None else [self._dispatcher_task]
+        return head + list(self._runs)
 
     async def enqueue(self, path: Path, *, rescan: bool = False) -> None:
         """Queue a run of ``path`` once; an event's run (``rescan=False``) judges a young file."""
@@ -450,7 +504,7 @@ class Daemon:
             self._exit_now(ExitCode.TEMPFAIL)
             return
         self._abandoned = True
-        for w in self._workers:
+        for w in self._run_tasks():
             w.cancel()
         self._stop.set()
 
@@ -584,6 +638,19 @@ class Daemon:
             if text != last:
                 self.notifier.status(text)
                 last = text
+
+
+async def _drained(
+    tasks: Callable[[], list[asyncio.Task[None]]], timeout: float
+) -> list[asyncio.Task[None]]:
+    """Wait up to ``timeout`` for ``tasks()`` to end, runs a batch starts included; the rest."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while left := [t for t in tasks() if not t.done()]:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return left
+        await asyncio.wait(left, timeout=remaining)
+    return []
 
 
 def run_daemon(config_path: Path) -> int:

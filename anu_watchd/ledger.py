@@ -44,7 +44,7 @@ import functools
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -509,6 +509,11 @@ class Ledger:
         """Append ``entry`` durably, then index it; DurabilityError poisons the ledger."""
         log = await self._writer()
         await log.append(entry.to_json(), on_durable=functools.partial(self._indexed, entry))
+
+    async def record_many(self, entries: Sequence[LedgerEntry]) -> None:
+        """Append ``entries`` in order as one group (one flush, one waiter), then index them."""
+        log = await self._writer()
+        await log.append_many([(e.to_json(), functools.partial(self._indexed, e)) for e in entries])
 
     def halt(self, cause: BaseException) -> None:
         """Fail-stop: refuse every later record, drop queued ones unwritten (docs/durability.md)."""

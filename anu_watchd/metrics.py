@@ -5,8 +5,9 @@
 few methods the places that decide a fact call in one line —
 ``finished(outcome)`` where the evidence line is written, the metered sink
 around every sink call, ``overflowed()`` and ``rescanned()`` in intake's
-handlers, ``in_flight()`` around a run. Labels are closed vocabularies
-(verdict, reason, sink, outcome, rescan reason), never a task id.
+handlers, ``runs_started(n)`` and ``run_ended()`` around runs. Labels are
+closed vocabularies (verdict, reason, sink, outcome, rescan reason), never a
+task id.
 Gauges of the spool (pending, failed, unacked) and of the ledger are
 computed when scraped, by :class:`_SpoolCollector`, from a directory
 listing and the ledger's in-memory index.
@@ -21,7 +22,6 @@ live as long as the daemon.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import threading
@@ -159,13 +159,11 @@ class Metrics:
                 self._rescans.labels(reason).inc()
         self._last_scan.set(time.time())
 
-    @contextlib.contextmanager
-    def in_flight(self) -> Iterator[None]:
-        self.runs_in_flight += 1  # on the event loop only: no lock needed
-        try:
-            yield
-        finally:
-            self.runs_in_flight -= 1
+    def runs_started(self, n: int) -> None:
+        self.runs_in_flight += n  # on the event loop only: no lock needed
+
+    def run_ended(self) -> None:
+        self.runs_in_flight -= 1
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self._queue.set_function(lambda: float(depth()))

@@ -2,8 +2,12 @@
 
 ``Pipeline.pickup`` runs a single file and returns its ``Outcome`` (or None
 when there was nothing to do: not an input, vanished, already settled in a
-scan, driver disabled). Every run that decides something writes exactly one
-evidence line and one canonical log line.
+scan, driver disabled). ``Pipeline.start_many`` starts every file a daemon's
+queue holds at once: the front half of each run (read, hash, validate,
+decide, envelope) in one pass on the loop, every wake's CLAIMED line in one
+ledger append, then one ``Begun`` a run to finish by itself. Both paths share
+one judgement (``_judge``). Every run that decides something writes exactly
+one evidence line and one canonical log line.
 
 Order of effects for a wake, so that a crash anywhere is recoverable from
 the ledger alone: ledger CLAIMED (durable) -> sink -> ledger DONE/FAILED
@@ -21,7 +25,7 @@ import os
 import random
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ import attrs
 import structlog
 
 from anu_watchd import decide, envelope, fsio, markers, quarantine
-from anu_watchd.decide import Fire, NotActivated, RunFacts, Skip
+from anu_watchd.decide import NotActivated, RunFacts, Skip
 from anu_watchd.errors import (
     EnvelopeError,
     InputReplacedError,
@@ -117,6 +121,66 @@ class _Run:
         return (time.perf_counter() - self.t0) * 1000.0
 
 
+@attrs.frozen
+class _Claim:
+    """A wake judged and ready: its CLAIMED line to record, then the sink to call."""
+
+    run: _Run
+    files: TaskFiles
+    env: dict[str, Any]
+    stamp: FileStamp
+    claimed: LedgerEntry
+
+
+# What a run's judgement leaves to do: nothing, a wake to claim, or the rest of the run
+# (a quarantine, a skip's repair, ...) as the coroutine that does it.
+Step = _Claim | Coroutine[Any, Any, Outcome | None] | None
+
+
+class _Held:
+    """One task's lock and one count of the stages' users, taken by a batch, given back once."""
+
+    __slots__ = ("_st", "_task_id")
+
+    def __init__(self, st: Stages, task_id: str) -> None:
+        st.users.enter()
+        self._st: Stages | None = st
+        self._task_id = task_id
+
+    def release(self) -> None:
+        if self._st is not None:
+            self._st.task_locks.release(self._task_id)
+            self._st.users.leave()
+            self._st = None
+
+
+class Begun:
+    """One run ``start_many`` started: ``finish()`` runs the rest of it.
+
+    ``abandon()`` lets go of what the run holds (its task's lock) when ``finish()``
+    never ran, as when its task was cancelled before its first step; after
+    ``finish()`` it does nothing.
+    """
+
+    __slots__ = ("_held", "_rest")
+
+    def __init__(self, rest: Coroutine[Any, Any, Outcome | None], held: _Held | None) -> None:
+        self._rest = rest
+        self._held = held
+
+    async def finish(self) -> Outcome | None:
+        try:
+            return await self._rest
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        self._rest.close()  # no-op once it ran; an unstarted one is closed, not left unawaited
+        if self._held is not None:
+            self._held.release()
+            self._held = None
+
+
 class Pipeline:
     """Runs results through the stages; at most one run per task id at a time."""
 
@@ -159,6 +223,70 @@ class Pipeline:
                     return await self._reject_name(path)
                 return await self._run(path, task_id, scan=scan, settle=settle)
 
+    async def start_many(self, items: Sequence[tuple[Path, Settle | None]]) -> list[Begun]:
+        """Start a daemon queue's files as one batch (each a ``scan=True`` run): a ``Begun`` each.
+
+        The front half of every run in one pass on the loop, without an await, then the
+        CLAIMED lines of all its wakes in one ledger append (durable when this returns),
+        so that a file costs neither a task of its own until its sink call nor a ledger
+        waiter. A file whose task lock is taken (its ack, or an earlier run still at its
+        sink), or whose name is not a plain result's, gets a plain ``pickup`` instead.
+        Each ``Begun`` holds its task's lock until it is finished (or abandoned).
+        """
+        st = self.stages
+        if not is_enabled(st.config.spool.enable_flag):
+            for path, _ in items:
+                _log.debug("pickup_disabled", path=str(path))
+            return []
+        begun: list[tuple[Step, Path, _Held | None, Settle | None]] = []
+        try:
+            for path, settle in items:
+                task_id = self._plain_task_id(st, path)
+                if task_id is None or not st.task_locks.try_take(task_id):
+                    begun.append((self.pickup(path, scan=True, settle=settle), path, None, settle))
+                    continue
+                held = _Held(st, task_id)
+                begun.append((None, path, held, settle))
+                step = self._judge(_Run(st, path, task_id), path, task_id, scan=True, settle=settle)
+                begun[-1] = (step, path, held, settle)
+            claims = [step.claimed for step, *_ in begun if isinstance(step, _Claim)]
+            if claims:
+                await st.ledger.record_many(claims)
+        except BaseException:
+            for step, _, held, _ in begun:
+                if isinstance(step, Coroutine):
+                    step.close()
+                if held is not None:
+                    held.release()
+            raise
+        return [
+            Begun(self._rest(step, path, held, settle), held) for step, path, held, settle in begun
+        ]
+
+    async def _rest(
+        self, step: Step, path: Path, held: _Held | None, settle: Settle | None
+    ) -> Outcome | None:
+        """The rest of a run ``start_many`` judged (a claim's line is already recorded)."""
+        if held is None:  # a plain pickup, whole
+            return await step if isinstance(step, Coroutine) else None
+        task_id = task_id_from_name(path.name) or ""
+        try:
+            if isinstance(step, _Claim):
+                return await self._claimed(step)
+            return await step if step is not None else None
+        except InputReplacedError as exc:
+            _log.info("result_replaced_before_quarantine", path=str(path), error=str(exc))
+            return await self._run(path, task_id, scan=True, settle=settle)
+
+    def _plain_task_id(self, st: Stages, path: Path) -> str | None:
+        """The task id of a result name with nothing unusual about it, else None."""
+        name = path.name
+        if not is_result_name(name, st.config.spool.result_glob) or _name_holds_key(
+            name, st.rules.key
+        ):
+            return None
+        return task_id_from_name(name)
+
     # -- read -> validate -> decide -> act ----------------------------------------
 
     async def _run(
@@ -177,6 +305,20 @@ class Pipeline:
         self, path: Path, task_id: str, *, scan: bool, settle: Settle | None
     ) -> Outcome | None:
         run = _Run(self.stages, path, task_id)
+        step = self._judge(run, path, task_id, scan=scan, settle=settle)
+        if isinstance(step, _Claim):
+            return await self._claim(step)
+        return await step if step is not None else None
+
+    def _judge(
+        self, run: _Run, path: Path, task_id: str, *, scan: bool, settle: Settle | None
+    ) -> Step:
+        """Read, hash, validate and decide, without an await: the front half of a run.
+
+        A plain wake comes back as the ``_Claim`` to record; whatever needs an await
+        first (a quarantine, a skip's repairs, a planted directory, a stale ack) as the
+        coroutine that finishes the run.
+        """
         st = run.st
         files = TaskFiles(path.parent, task_id)
         try:
@@ -188,10 +330,10 @@ class Pipeline:
             return None
         except UnsafeInputError as exc:
             rej = Rejected(exc.reason, exc.detail)
-            return await self._quarantine(run, path, rej, judged=exc.judged)
+            return self._quarantine(run, path, rej, judged=exc.judged)
         except OSError as exc:
             rej = Rejected(QuarantineReason.UNREADABLE, f"cannot read: {exc.strerror or exc}")
-            return await self._quarantine(run, path, rej)
+            return self._quarantine(run, path, rej)
         if inp is None:
             return None
         run.renamed_ns = inp.st.st_ctime_ns
@@ -203,8 +345,36 @@ class Pipeline:
                 run.log.info("result_unsettled", reason=str(checked.reason), recheck_in_s=wait_s)
                 settle(path, wait_s)
                 return None
-            return await self._quarantine(run, path, checked, judged=fsio.identity(inp.st))
-        return await self._dedupe_and_wake(run, files, checked, FileStamp.of(inp.st))
+            return self._quarantine(run, path, checked, judged=fsio.identity(inp.st))
+        four = FourTuple(checked.task_id, run.sha256 or "", st.config.spool.collector)
+        run.keyed(four.idempotency_key)
+        acked, planted = _state_paths(files)
+        stamp = FileStamp.of(inp.st)
+        if planted:
+            return self._clear_way(run, files, checked, four, stamp, planted, acked)
+        return self._decide(run, files, checked, four, stamp, acked)
+
+    def _decide(
+        self,
+        run: _Run,
+        files: TaskFiles,
+        result: Result,
+        four: FourTuple,
+        stamp: FileStamp,
+        acked: bool,
+    ) -> Step:
+        prior = run.st.ledger.get(four.idempotency_key)
+        decision = decide.decide(prior, activated=run.st.config.wake.activated)
+        if isinstance(decision, Skip):
+            return self._skip(run, files, result, stamp, decision)
+        env = self._envelope(run, files, result)
+        if isinstance(decision, NotActivated):
+            return self._not_activated(run, env, decision)
+        claimed = _entry(four, LedgerState.CLAIMED, decision.attempt, run.now())
+        claim = _Claim(run, files, env, stamp, claimed)
+        if decision.new_wake and acked:
+            return self._unack(claim)
+        return claim
 
     async def _reject_name(self, path: Path) -> Outcome | None:
         run = _Run(self.stages, path, None)
@@ -250,75 +420,34 @@ class Pipeline:
         )
         return await self._finish(run, Verdict.QUARANTINE, reason=str(rej.reason), error=rej.detail)
 
-    async def _dedupe_and_wake(
-        self, run: _Run, files: TaskFiles, result: Result, stamp: FileStamp
+    async def _skip(
+        self, run: _Run, files: TaskFiles, result: Result, stamp: FileStamp, decision: Skip
     ) -> Outcome:
-        st = run.st
-        sha = run.sha256 or ""
-        four = FourTuple(result.task_id, sha, st.config.spool.collector)
-        run.keyed(four.idempotency_key)
-        acked = await self._clear_way(run, files)
-        prior = st.ledger.get(four.idempotency_key)
-        decision = decide.decide(prior, activated=st.config.wake.activated)
-        if isinstance(decision, Skip):
-            error = await markers.repair_marker(files, decision.prior, stamp)
-            make_env = functools.partial(self._envelope, run, files, result)
-            await markers.repair_envelope(files, decision.prior, make_env, error, run.log)
-            schedule_id = decision.prior.schedule_id
-            return await self._finish(
-                run, Verdict.PICKUP_SKIP, reason=decision.reason, schedule_id=schedule_id
-            )
-        env = self._envelope(run, files, result)
-        if isinstance(decision, NotActivated):
-            return await self._not_activated(run, env, decision)
-        return await self._fire(run, files, four, decision, env, stamp, acked)
+        error = await markers.repair_marker(files, decision.prior, stamp)
+        make_env = functools.partial(self._envelope, run, files, result)
+        await markers.repair_envelope(files, decision.prior, make_env, error, run.log)
+        schedule_id = decision.prior.schedule_id
+        return await self._finish(
+            run, Verdict.PICKUP_SKIP, reason=decision.reason, schedule_id=schedule_id
+        )
 
-    async def _fire(
+    async def _clear_way(
         self,
         run: _Run,
         files: TaskFiles,
+        result: Result,
         four: FourTuple,
-        fire: Fire,
-        env: dict[str, Any],
         stamp: FileStamp,
+        planted: list[Path],
         acked: bool,
-    ) -> Outcome:
-        if fire.new_wake and acked:
-            # A new wake of this task (new bytes): an ack already here answered an earlier one.
-            # Known from _clear_way's lstat: a thread hop on every wake's latency path costs more.
-            await durable(fsio.remove_durably, files.acked)
-        claimed = _entry(four, LedgerState.CLAIMED, fire.attempt, run.now())
-        await run.st.ledger.record(claimed)
-        try:
-            body = envelope.encode(env)
-        except EnvelopeError as exc:
-            failed = await self._settle(run, claimed, LedgerState.FAILED)
-            return await self._fire_failed(run, files, failed, env, stamp, str(exc), 0)
-        terminal, attempts, error = await self._wake(run, claimed, body)
-        if error is not None:
-            return await self._fire_failed(run, files, terminal, env, stamp, error, attempts)
-        return await self._wake_built(run, files, terminal, env, stamp, attempts)
-
-    async def _clear_way(self, run: _Run, files: TaskFiles) -> bool:
-        """Quarantine a directory planted where this task's markers or envelope go.
+    ) -> Outcome | None:
+        """Quarantine the directories planted where this task's markers or envelope go.
 
         We never make one there, and a rename or unlink onto a directory fails (EISDIR):
         left in place it would stop the daemon at every start. Other kinds of file are
-        simply replaced by the rename. Four lstats a wake, on the loop: ~2 us each.
-        Returns whether an ack is at ``files.acked`` (what ``Path.exists`` says), so that
-        ``_fire`` needs no fifth system call to ask.
+        simply replaced by the rename.
         """
-        acked = False
-        for path in (files.done, files.failed, files.envelope, files.acked):
-            try:
-                mode = os.lstat(path).st_mode
-            except OSError:
-                continue
-            if not stat.S_ISDIR(mode):
-                if path is files.acked:
-                    # A symlink counts as an ack only if its target is there, as exists() says.
-                    acked = not stat.S_ISLNK(mode) or path.exists()
-                continue
+        for path in planted:
             dest = await durable(
                 quarantine.quarantine,
                 path,
@@ -330,7 +459,34 @@ class Pipeline:
             run.log.warning(
                 "state_path_quarantined", state_path=path.name, quarantined_as=dest.name
             )
-        return acked
+        step = self._decide(run, files, result, four, stamp, acked)
+        if isinstance(step, _Claim):
+            return await self._claim(step)
+        return await step if step is not None else None
+
+    async def _unack(self, claim: _Claim) -> Outcome:
+        # A new wake of this task (new bytes): an ack already here answered an earlier one.
+        # Known from _state_paths' lstat: a thread hop on every wake's latency path costs more.
+        await durable(fsio.remove_durably, claim.files.acked)
+        return await self._claim(claim)
+
+    async def _claim(self, claim: _Claim) -> Outcome:
+        await claim.run.st.ledger.record(claim.claimed)
+        return await self._claimed(claim)
+
+    async def _claimed(self, claim: _Claim) -> Outcome:
+        """A wake whose CLAIMED line is durable: the sink, then its terminal line."""
+        run, files, env, stamp = claim.run, claim.files, claim.env, claim.stamp
+        claimed = claim.claimed
+        try:
+            body = envelope.encode(env)
+        except EnvelopeError as exc:
+            failed = await self._settle(run, claimed, LedgerState.FAILED)
+            return await self._fire_failed(run, files, failed, env, stamp, str(exc), 0)
+        terminal, attempts, error = await self._wake(run, claimed, body)
+        if error is not None:
+            return await self._fire_failed(run, files, terminal, env, stamp, error, attempts)
+        return await self._wake_built(run, files, terminal, env, stamp, attempts)
 
     async def _wake(
         self, run: _Run, claimed: LedgerEntry, body: bytes
@@ -503,6 +659,26 @@ def _entry(four: FourTuple, state: LedgerState, attempt: int, ts: str) -> Ledger
         attempt=attempt,
         ts=ts,
     )
+
+
+def _state_paths(files: TaskFiles) -> tuple[bool, list[Path]]:
+    """(is an ack at ``files.acked``, the directories planted where this task's state goes).
+
+    Four lstats a wake, on the loop: ~2 us each. The ack is what ``Path.exists`` says
+    (a symlink counts only if its target is there), so a new wake needs no fifth call.
+    """
+    acked = False
+    planted = []
+    for path in (files.done, files.failed, files.envelope, files.acked):
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue
+        if stat.S_ISDIR(mode):
+            planted.append(path)
+        elif path is files.acked:
+            acked = not stat.S_ISLNK(mode) or path.exists()
+    return acked, planted
 
 
 def _read_unless_settled(

@@ -10,11 +10,11 @@ across a reload.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
 
 import attrs
 
@@ -39,14 +39,21 @@ class Users:
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        self._count += 1
-        self._idle.clear()
+        self.enter()
         try:
             yield
         finally:
-            self._count -= 1
-            if not self._count:
-                self._idle.set()
+            self.leave()
+
+    def enter(self) -> None:
+        """One run more (a batch's runs enter here and leave when each of them ends)."""
+        self._count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._count -= 1
+        if not self._count:
+            self._idle.set()
 
     async def idle(self) -> None:
         await self._idle.wait()
@@ -59,24 +66,50 @@ async def close_when_idle(users: Users, sink: Sink) -> None:
 
 
 class TaskLocks:
-    """At most one holder per task id; a lock lives only while someone holds or awaits it."""
+    """At most one holder per task id, handed over in arrival order.
+
+    ``try_take`` takes a free lock without awaiting: a batch's front half takes
+    the locks of all its runs in one pass and leaves a busy task to a run of its
+    own (pipeline.py). A lock lives only while someone holds or awaits it.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, list[Any]] = {}
+        self._held: dict[str, collections.deque[asyncio.Future[None]]] = {}
+
+    def try_take(self, name: str) -> bool:
+        if name in self._held:
+            return False
+        self._held[name] = collections.deque()
+        return True
+
+    async def take(self, name: str) -> None:
+        if self.try_take(name):
+            return
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._held[name].append(handed)
+        try:
+            await handed
+        except asyncio.CancelledError:
+            if handed.done() and not handed.cancelled():
+                self.release(name)  # handed over as we were cancelled: pass it on
+            raise
+
+    def release(self, name: str) -> None:
+        waiters = self._held[name]
+        while waiters:
+            handed = waiters.popleft()
+            if not handed.done():  # a cancelled waiter's future is done: skipped
+                handed.set_result(None)
+                return
+        del self._held[name]
 
     @asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
-        entry = self._locks.get(name)
-        if entry is None:
-            entry = self._locks[name] = [asyncio.Lock(), 0]
-        entry[1] += 1  # holders and waiters; the lock is dropped when none remain
+        await self.take(name)
         try:
-            async with entry[0]:
-                yield
+            yield
         finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._locks[name]
+            self.release(name)
 
 
 @attrs.frozen

@@ -407,3 +407,30 @@ def test_an_evidence_log_planted_as_a_symlink_or_fifo_is_refused(tmp_path: Path,
     with pytest.raises(StatePathError, match=f"{path}: cannot "):
         AppendLog.open(path)
     assert target.read_text() == "kept\n"
+
+
+async def test_many_lines_appended_at_once_go_in_one_flush_in_order(
+    log: AppendLog, log_path: Path, seam: FsyncSeam
+) -> None:
+    """append_many writes its lines in order with one write and one fsync, each line's hook
+    told its own offset before the call returns."""
+    seen: list[int] = []
+    await log.append({"i": -1})
+    before = log.counters
+    await log.append_many([({"i": i}, seen.append) for i in range(5)])
+    assert [r["i"] for r in lines(log_path)] == [-1, 0, 1, 2, 3, 4]
+    assert log.counters == Counters(appends=before.appends + 5, flushes=before.flushes + 1)
+    assert seam.calls == log.counters.flushes
+    raw = log_path.read_bytes()
+    assert seen == [raw.index(b'{"i":%d}' % i) for i in range(5)]
+
+
+async def test_a_failed_flush_fails_a_many_lines_append(
+    log: AppendLog, log_path: Path, seam: FsyncSeam
+) -> None:
+    """append_many raises DurabilityError when its flush's fsync fails, as append does."""
+    seam.failing = True
+    with pytest.raises(DurabilityError):
+        await log.append_many([({"i": i}, None) for i in range(3)])
+    with pytest.raises(DurabilityError):
+        await log.append({"i": 9})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from anu_watchd.stages import Users, close_when_idle
+from anu_watchd.stages import TaskLocks, Users, close_when_idle
 
 
 class RecordingSink:
@@ -42,3 +42,55 @@ async def test_a_sink_with_no_runs_is_closed_at_once() -> None:
     sink = RecordingSink()
     await asyncio.wait_for(close_when_idle(Users(), sink), 5)
     assert sink.closed.is_set()
+
+
+# -- task locks ------------------------------------------------------------------------
+
+
+async def test_a_taken_task_lock_is_not_taken_again_until_released() -> None:
+    """try_take takes a free lock at once and refuses a held one (a batch never waits)."""
+    locks = TaskLocks()
+    assert locks.try_take("task-1")
+    assert not locks.try_take("task-1")
+    assert locks.try_take("task-2")
+    locks.release("task-1")
+    assert locks.try_take("task-1")
+
+
+async def test_a_task_lock_goes_to_its_waiters_in_arrival_order() -> None:
+    """A released lock is handed to the first waiter still waiting, never to a newcomer."""
+    locks, order = TaskLocks(), []
+    assert locks.try_take("t")
+
+    async def holder(name: str) -> None:
+        async with locks.hold("t"):
+            order.append(name)
+
+    first = asyncio.ensure_future(holder("first"))
+    second = asyncio.ensure_future(holder("second"))
+    await asyncio.sleep(0)  # both are waiting now
+    locks.release("t")
+    assert not locks.try_take("t"), "handed over to the first waiter, not free for a newcomer"
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert order == ["first", "second"]
+    assert locks.try_take("t"), "free once nobody holds or waits"
+
+
+async def test_a_cancelled_waiter_neither_keeps_nor_loses_the_lock() -> None:
+    """A waiter cancelled while waiting is skipped; one cancelled just as the lock reached
+    it passes the lock on, so nobody waits for ever."""
+    locks = TaskLocks()
+    assert locks.try_take("t")
+    gone = asyncio.ensure_future(locks.take("t"))
+    late = asyncio.ensure_future(locks.take("t"))
+    last = asyncio.ensure_future(locks.take("t"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.sleep(0)
+    locks.release("t")  # skips `gone`, hands over to `late`
+    late.cancel()  # ... which is cancelled before it resumes: it must pass the lock on
+    await asyncio.wait_for(last, 5)
+    assert gone.cancelled() and late.cancelled()
+    assert not locks.try_take("t")  # `last` holds it
+    locks.release("t")
+    assert locks.try_take("t")
