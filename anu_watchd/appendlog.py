@@ -79,6 +79,7 @@ class _Pending:
     line: bytes
     waiter: asyncio.Future[int]
     on_durable: OnDurable | None
+    last: bool = True  # of the lines sharing its waiter: the one whose success settles it
 
 
 class AppendLog:
@@ -187,13 +188,18 @@ class AppendLog:
 
         What a batch of runs saves over ``append`` a line: a future and a resumed caller
         a line. Each ``on_durable`` hook runs as for ``append``; the call returns when all
-        the lines are durable (all of them are written by the same flush).
+        the lines are durable (all of them are written by the same flush), or raises the
+        first hook's error after every hook ran, as ``append`` raises its own.
         """
         self._check_usable()
         if not lines:
             return
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.extend(_Pending(encode(record), waiter, hook) for record, hook in lines)
+        last = len(lines) - 1
+        self._pending.extend(
+            _Pending(encode(record), waiter, hook, i == last)
+            for i, (record, hook) in enumerate(lines)
+        )
         if self._inflight is None:
             self._flush_next()
         await waiter
@@ -344,7 +350,7 @@ def _settle(p: _Pending, offset: int) -> None:
         if not p.waiter.done():
             p.waiter.set_exception(exc)
         return
-    if not p.waiter.done():  # a cancelled caller's line is durable all the same
+    if p.last and not p.waiter.done():  # a cancelled caller's line is durable all the same
         p.waiter.set_result(offset)
 
 

@@ -18,6 +18,7 @@ process with exit 70 before anything more is written.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -332,32 +333,43 @@ class Daemon:
             rescan = self._queued.pop(path.name, False)
             items.append((path, self.settling.defer if rescan else None))
         self.metrics.runs_started(len(items))
-        self._track(self._spawn(self._begin(items), "batch"))
+        owed = _Owed(len(items))
+        task = self._track(self._spawn(self._begin(items, owed), "batch"))
+        # In a done-callback, not a finally: a task cancelled before its first step runs
+        # no code, and its slots must come back all the same.
+        task.add_done_callback(lambda _task: self._runs_over(owed.settle()))
 
-    async def _begin(self, items: list[tuple[Path, Settle | None]]) -> None:
-        try:
-            begun = await self.pipeline.start_many(items)
-        except BaseException:
-            for _ in items:
-                self._run_over()
-            raise
-        for _ in range(len(items) - len(begun)):  # nothing to run: the driver is disabled
-            self._run_over()
-        for run in begun:
+    async def _begin(self, items: list[tuple[Path, Settle | None]], owed: _Owed) -> None:
+        """Start the batch; the last run goes on in this task, every other in its own.
+
+        The batch owes a slot for each of its items until a run task takes one over; it
+        gives back what it still owes when it ends (``_start_batch``), the last run's too.
+        """
+        begun = await self.pipeline.start_many(items)
+        if not begun:  # the driver is disabled
+            return
+        *others, last = begun
+        for run in others:
+            owed.hand_over()
             task = self._track(self._spawn(self._finish(run), "run"))
-            task.add_done_callback(lambda _task, run=run: run.abandon())
+            task.add_done_callback(functools.partial(self._run_task_done, run))
+        # At a steady rate a batch is one file: a task of its own would cost it one more
+        # task switch.
+        await self._finish(last)
 
     async def _finish(self, run: Begun) -> None:
-        try:
-            out = await run.finish()
-        finally:
-            self._run_over()
+        out = await run.finish()
         if out is not None:
             self.counts[str(out.verdict)] += 1
 
-    def _run_over(self) -> None:
-        self.metrics.run_ended()
-        self._room.release()
+    def _run_task_done(self, run: Begun, _task: asyncio.Task[None]) -> None:
+        run.abandon()  # a run cancelled before its first step still lets go of its task
+        self._runs_over(1)
+
+    def _runs_over(self, n: int) -> None:
+        for _ in range(n):
+            self.metrics.run_ended()
+            self._room.release()
 
     def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         self._runs.add(task)
@@ -638,6 +650,23 @@ class Daemon:
             if text != last:
                 self.notifier.status(text)
                 last = text
+
+
+class _Owed:
+    """The run slots a batch still owes: one an item, until a run task takes it over."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def hand_over(self) -> None:
+        self.count -= 1
+
+    def settle(self) -> int:
+        """What is still owed, once: the batch gives it back as it ends."""
+        count, self.count = self.count, 0
+        return count
 
 
 async def _drained(

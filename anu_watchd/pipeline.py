@@ -162,10 +162,13 @@ class Begun:
     ``finish()`` it does nothing.
     """
 
-    __slots__ = ("_held", "_rest")
+    __slots__ = ("_held", "_rest", "_step")
 
-    def __init__(self, rest: Coroutine[Any, Any, Outcome | None], held: _Held | None) -> None:
+    def __init__(
+        self, rest: Coroutine[Any, Any, Outcome | None], step: Step, held: _Held | None
+    ) -> None:
         self._rest = rest
+        self._step = step  # what ``rest`` awaits: closed with it if it never ran
         self._held = held
 
     async def finish(self) -> Outcome | None:
@@ -175,7 +178,10 @@ class Begun:
             self.abandon()
 
     def abandon(self) -> None:
-        self._rest.close()  # no-op once it ran; an unstarted one is closed, not left unawaited
+        # No-ops once they ran; unstarted ones are closed, not left "never awaited".
+        self._rest.close()
+        if isinstance(self._step, Coroutine):
+            self._step.close()
         if self._held is not None:
             self._held.release()
             self._held = None
@@ -260,7 +266,8 @@ class Pipeline:
                     held.release()
             raise
         return [
-            Begun(self._rest(step, path, held, settle), held) for step, path, held, settle in begun
+            Begun(self._rest(step, path, held, settle), step, held)
+            for step, path, held, settle in begun
         ]
 
     async def _rest(
@@ -276,7 +283,7 @@ class Pipeline:
             return await step if step is not None else None
         except InputReplacedError as exc:
             _log.info("result_replaced_before_quarantine", path=str(path), error=str(exc))
-            return await self._run(path, task_id, scan=True, settle=settle)
+            return await self._run(path, task_id, scan=True, settle=settle, tries=_JUDGE_TRIES - 1)
 
     def _plain_task_id(self, st: Stages, path: Path) -> str | None:
         """The task id of a result name with nothing unusual about it, else None."""
@@ -290,10 +297,16 @@ class Pipeline:
     # -- read -> validate -> decide -> act ----------------------------------------
 
     async def _run(
-        self, path: Path, task_id: str, *, scan: bool, settle: Settle | None
+        self,
+        path: Path,
+        task_id: str,
+        *,
+        scan: bool,
+        settle: Settle | None,
+        tries: int = _JUDGE_TRIES,
     ) -> Outcome | None:
         """Judge the file at ``path``; again if it was replaced before its quarantine moved it."""
-        for _ in range(_JUDGE_TRIES):
+        for _ in range(tries):
             try:
                 return await self._run_once(path, task_id, scan=scan, settle=settle)
             except InputReplacedError as exc:

@@ -434,3 +434,20 @@ async def test_a_failed_flush_fails_a_many_lines_append(
         await log.append_many([({"i": i}, None) for i in range(3)])
     with pytest.raises(DurabilityError):
         await log.append({"i": 9})
+
+
+async def test_a_failing_hook_fails_a_many_lines_append_after_every_hook_ran(
+    log: AppendLog, log_path: Path
+) -> None:
+    """One line's on_durable hook raising (a bug in its caller) fails the append_many call with
+    that error, even when it is not the first line; the other lines' hooks still ran."""
+    seen: list[int] = []
+
+    def broken(offset: int) -> None:
+        raise RuntimeError("the index hook is broken")
+
+    hooks = [seen.append, broken, seen.append]
+    with pytest.raises(RuntimeError, match="index hook"):
+        await log.append_many([({"i": i}, hook) for i, hook in enumerate(hooks)])
+    assert len(seen) == 2
+    assert [r["i"] for r in lines(log_path)] == [0, 1, 2]
