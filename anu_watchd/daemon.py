@@ -328,7 +328,7 @@ class Daemon:
             self._start_batch(batch)
 
     def _start_batch(self, batch: list[Path]) -> None:
-        items = []
+        items: list[tuple[Path, Settle | None]] = []
         for path in batch:
             rescan = self._queued.pop(path.name, False)
             items.append((path, self.settling.defer if rescan else None))

@@ -259,11 +259,11 @@ class Pipeline:
             if claims:
                 await st.ledger.record_many(claims)
         except BaseException:
-            for step, _, held, _ in begun:
-                if isinstance(step, Coroutine):
-                    step.close()
-                if held is not None:
-                    held.release()
+            for started, _, taken, _ in begun:
+                if isinstance(started, Coroutine):
+                    started.close()
+                if taken is not None:
+                    taken.release()
             raise
         return [
             Begun(self._rest(step, path, held, settle), step, held)
