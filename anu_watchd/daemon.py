@@ -4,11 +4,11 @@ Start-up follows docs/operations.md in order: config, key, the drop to the
 spool's owner (ownership.py), lock, ledger recovery, watches, projection
 repair, READY=1, then the reconcile scan (the watch is armed
 first, so nothing written during the scan is missed; dedupe absorbs the
-overlap). Every pipeline run goes through one bounded queue and a fixed
-pool of ``RUNS_IN_FLIGHT`` workers (their sink calls bounded by
-``wake.concurrency``): when they fall behind, intake stops
-reading, the kernel queue overflows, and the overflow becomes a rescan —
-backpressure with bounded memory instead of an unbounded queue.
+overlap). Every pipeline run goes through one bounded queue, whose names a
+dispatcher starts as batches, at most ``RUNS_IN_FLIGHT`` runs at a time
+(their sink calls bounded by ``wake.concurrency``): when they fall behind,
+intake stops reading, the kernel queue overflows, and the overflow becomes a
+rescan — backpressure with bounded memory instead of an unbounded queue.
 
 Signals are only recorded by their handlers; ``handle_hup`` and
 ``handle_term`` act on them in one task. A DurabilityError anywhere ends the

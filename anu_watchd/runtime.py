@@ -28,7 +28,7 @@ from anu_watchd.sinks import Sink, build_sink
 from anu_watchd.stages import Stages, Users
 from anu_watchd.validate import Rules
 
-# Pipeline runs in flight at once (daemon workers, a scan's fan-out). Sink calls are bounded
+# Pipeline runs in flight at once (the daemon's batches, a scan's fan-out). Sink calls are bounded
 # separately by wake.concurrency; more runs than sink slots lets the durable writes of many
 # runs share group commits (docs/design.md, "Runs and wake slots").
 RUNS_IN_FLIGHT = 32
