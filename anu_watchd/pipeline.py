@@ -318,7 +318,10 @@ class Pipeline:
         self, path: Path, task_id: str, *, scan: bool, settle: Settle | None
     ) -> Outcome | None:
         run = _Run(self.stages, path, task_id)
-        step = self._judge(run, path, task_id, scan=scan, settle=settle)
+        return await self._go(self._judge(run, path, task_id, scan=scan, settle=settle))
+
+    async def _go(self, step: Step) -> Outcome | None:
+        """Carry a judged run to its end: claim its wake, or await what is left of it."""
         if isinstance(step, _Claim):
             return await self._claim(step)
         return await step if step is not None else None
@@ -472,10 +475,7 @@ class Pipeline:
             run.log.warning(
                 "state_path_quarantined", state_path=path.name, quarantined_as=dest.name
             )
-        step = self._decide(run, files, result, four, stamp, acked)
-        if isinstance(step, _Claim):
-            return await self._claim(step)
-        return await step if step is not None else None
+        return await self._go(self._decide(run, files, result, four, stamp, acked))
 
     async def _unack(self, claim: _Claim) -> Outcome:
         # A new wake of this task (new bytes): an ack already here answered an earlier one.
