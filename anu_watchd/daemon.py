@@ -5,7 +5,7 @@ spool's owner (ownership.py), lock, ledger recovery, watches, projection
 repair, READY=1, then the reconcile scan (the watch is armed
 first, so nothing written during the scan is missed; dedupe absorbs the
 overlap). Every pipeline run goes through one bounded queue, whose names a
-dispatcher starts as batches, at most ``RUNS_IN_FLIGHT`` runs at a time
+dispatch starts as batches, at most ``RUNS_IN_FLIGHT`` runs at a time
 (their sink calls bounded by ``wake.concurrency``): when they fall behind,
 intake stops reading, the kernel queue overflows, and the overflow becomes a
 rescan — backpressure with bounded memory instead of an unbounded queue.
@@ -89,7 +89,7 @@ class Daemon:
         self.receipts = ReceiptWatch()
         self._exit_now = exit_now
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
-        self._queue: asyncio.Queue[Path | None] = asyncio.Queue(QUEUE_BOUND)
+        self._queue: asyncio.Queue[Path] = asyncio.Queue(QUEUE_BOUND)
         # Queued names -> "a rescan's run" (may leave a young invalid file to settle).
         self._queued: dict[str, bool] = {}
         self.settling = Settling()
@@ -107,9 +107,9 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._intake_task: asyncio.Task[None] | None = None
         self._service: list[asyncio.Task[None]] = []
-        self._dispatcher_task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()  # batches starting, and runs finishing
-        self._room = asyncio.Semaphore(RUNS_IN_FLIGHT)
+        self._room = RUNS_IN_FLIGHT  # runs that may still start
+        self._dispatch_due = False  # a _dispatch is scheduled on the loop
         self.metrics = Metrics()  # lives as long as the daemon: counters survive a reload
         self.exporter = Exporter(self.metrics.registry)
         self._acks: dict[str, asyncio.Task[None]] = {}  # acks waiting for their task's lock
@@ -221,7 +221,6 @@ class Daemon:
             if task is not None and task is not self._signal_task:
                 task.cancel()
         self._drop_queued()
-        self._queue.put_nowait(None)
         timeout = self.config.drain_timeout_s
         pending = await _drained(self._run_tasks, timeout)
         for w in pending:
@@ -252,8 +251,6 @@ class Daemon:
         self.exporter.apply(self.config.metrics)
 
     def _start_tasks(self, tg: asyncio.TaskGroup) -> None:
-        # Sink calls are bounded by wake.concurrency inside the pipeline, not here.
-        self._dispatcher_task = self._spawn(self._dispatcher(), "dispatcher")
         self._intake_task = self._spawn(self._intake_reader(self._require_intake()), "intake")
         self._signal_task = self._spawn(self._signal_handler(), "signals")
         self._service = [
@@ -307,25 +304,32 @@ class Daemon:
 
     # -- the work -------------------------------------------------------------
 
-    async def _dispatcher(self) -> None:
+    def _want_dispatch(self) -> None:
+        if not self._dispatch_due:
+            self._dispatch_due = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
         """Take every queued name at once, up to the free run slots, and start them as a batch.
 
-        At most ``RUNS_IN_FLIGHT`` runs at a time, as there were workers: a slot is taken
-        here and given back when its run ends. Sink calls are bounded inside the pipeline.
+        A loop callback, scheduled once a loop iteration by a name queued or a run ended:
+        a task waiting on the queue would cost a steady rate's file a task switch more. At
+        most ``RUNS_IN_FLIGHT`` runs at a time: a slot is taken here and given back when
+        its run ends. Sink calls are bounded inside the pipeline.
         """
-        while True:
-            await self._room.acquire()
-            path = await self._queue.get()
-            if path is None:
-                return
-            batch = [path]
-            while not self._queue.empty() and not self._room.locked():
-                if (path := self._queue.get_nowait()) is None:
-                    self._start_batch(batch)
-                    return
-                await self._room.acquire()  # not locked: returns without waiting
-                batch.append(path)
+        self._dispatch_due = False
+        if self._stop.is_set():
+            return  # shutdown drops what is queued: still on disk, the next start's scan
+        batch = []
+        while self._room and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+            self._room -= 1
+        if not batch:
+            return
+        try:
             self._start_batch(batch)
+        except Exception as exc:  # as a task's failure would: nothing may stall unseen
+            self._fail(exc)
 
     def _start_batch(self, batch: list[Path]) -> None:
         items: list[tuple[Path, Settle | None]] = []
@@ -369,7 +373,9 @@ class Daemon:
     def _runs_over(self, n: int) -> None:
         for _ in range(n):
             self.metrics.run_ended()
-            self._room.release()
+        self._room += n
+        if n and not self._queue.empty():
+            self._want_dispatch()
 
     def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         self._runs.add(task)
@@ -377,9 +383,8 @@ class Daemon:
         return task
 
     def _run_tasks(self) -> list[asyncio.Task[None]]:
-        """The dispatcher and every batch and run task: what a fail-stop cancels."""
-        head = [] if self._dispatcher_task is None else [self._dispatcher_task]
-        return head + list(self._runs)
+        """Every batch and run task: what a fail-stop cancels and a stop drains."""
+        return list(self._runs)
 
     async def enqueue(self, path: Path, *, rescan: bool = False) -> None:
         """Queue a run of ``path`` once; an event's run (``rescan=False``) judges a young file."""
@@ -390,6 +395,7 @@ class Daemon:
             return
         self._queued[path.name] = rescan
         await self._queue.put(path)
+        self._want_dispatch()
 
     async def _unfinished_first(self) -> None:
         for path in reconcile.refire_paths(self.pipeline.stages):
