@@ -371,8 +371,7 @@ class Daemon:
         self._runs_over(1)
 
     def _runs_over(self, n: int) -> None:
-        for _ in range(n):
-            self.metrics.run_ended()
+        self.metrics.runs_ended(n)
         self._room += n
         if n and not self._queue.empty():
             self._want_dispatch()

@@ -5,7 +5,7 @@
 few methods the places that decide a fact call in one line —
 ``finished(outcome)`` where the evidence line is written, the metered sink
 around every sink call, ``overflowed()`` and ``rescanned()`` in intake's
-handlers, ``runs_started(n)`` and ``run_ended()`` around runs. Labels are
+handlers, ``runs_started(n)`` and ``runs_ended(n)`` around runs. Labels are
 closed vocabularies (verdict, reason, sink, outcome, rescan reason), never a
 task id.
 Gauges of the spool (pending, failed, unacked) and of the ledger are
@@ -162,8 +162,8 @@ class Metrics:
     def runs_started(self, n: int) -> None:
         self.runs_in_flight += n  # on the event loop only: no lock needed
 
-    def run_ended(self) -> None:
-        self.runs_in_flight -= 1
+    def runs_ended(self, n: int) -> None:
+        self.runs_in_flight -= n
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self._queue.set_function(lambda: float(depth()))

@@ -140,16 +140,16 @@ Step = _Claim | Coroutine[Any, Any, Outcome | None] | None
 class _Held:
     """One task's lock and one count of the stages' users, taken by a batch, given back once."""
 
-    __slots__ = ("_st", "_task_id")
+    __slots__ = ("_st", "task_id")
 
     def __init__(self, st: Stages, task_id: str) -> None:
         st.users.enter()
         self._st: Stages | None = st
-        self._task_id = task_id
+        self.task_id = task_id
 
     def release(self) -> None:
         if self._st is not None:
-            self._st.task_locks.release(self._task_id)
+            self._st.task_locks.release(self.task_id)
             self._st.users.leave()
             self._st = None
 
@@ -252,7 +252,7 @@ class Pipeline:
                     begun.append((self.pickup(path, scan=True, settle=settle), path, None, settle))
                     continue
                 held = _Held(st, task_id)
-                begun.append((None, path, held, settle))
+                begun.append((None, path, held, settle))  # before _judge: a raise gives it back
                 step = self._judge(_Run(st, path, task_id), path, task_id, scan=True, settle=settle)
                 begun[-1] = (step, path, held, settle)
             claims = [step.claimed for step, *_ in begun if isinstance(step, _Claim)]
@@ -275,15 +275,15 @@ class Pipeline:
     ) -> Outcome | None:
         """The rest of a run ``start_many`` judged (a claim's line is already recorded)."""
         if held is None:  # a plain pickup, whole
-            return await step if isinstance(step, Coroutine) else None
-        task_id = task_id_from_name(path.name) or ""
+            return await self._go(step)
         try:
             if isinstance(step, _Claim):
                 return await self._claimed(step)
-            return await step if step is not None else None
+            return await self._go(step)
         except InputReplacedError as exc:
             _log.info("result_replaced_before_quarantine", path=str(path), error=str(exc))
-            return await self._run(path, task_id, scan=True, settle=settle, tries=_JUDGE_TRIES - 1)
+            tries = _JUDGE_TRIES - 1
+            return await self._run(path, held.task_id, scan=True, settle=settle, tries=tries)
 
     def _plain_task_id(self, st: Stages, path: Path) -> str | None:
         """The task id of a result name with nothing unusual about it, else None."""
